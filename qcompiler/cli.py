@@ -1,0 +1,126 @@
+"""``qcompile``: the command line.
+
+    qcompile MODEL --backend NAME|FILE --out DIR [--dump-dir D] [--set k=v ...]
+    qcompile --list-backends | --list-passes | --show-backend NAME
+
+Exit codes: 0 success, 1 the compile failed, 2 a usage error. Errors are one
+line on stderr: ``qcompile: error: <what went wrong and what to do>``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from qcompiler import __version__
+from qcompiler.backend import load_backend, resolved_yaml, shipped_backends
+from qcompiler.driver import CompileRequest, compile_model
+from qcompiler.errors import QCompileError, UsageError, first_line
+from qcompiler.pass_manager import format_stats
+
+PROG = "qcompile"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Quantize an FP32 ONNX model exactly as a backend runs it.")
+    parser.add_argument("model", nargs="?", type=Path, help="the FP32 ONNX model")
+    parser.add_argument("-b", "--backend", help="shipped backend name or path of a backend YAML file")
+    parser.add_argument("-o", "--out", type=Path, help="output directory (created; files replaced atomically)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a backend field, e.g. --set quantizers.weight.bits=4")
+    debug = parser.add_argument_group("seeing inside")
+    debug.add_argument("--dump-dir", type=Path, help="write NNN_<pass>.qir/.onnx per stage and pipeline files")
+    debug.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the QIR after PASS")
+    debug.add_argument("--print-after-all", action="store_true", help="print the QIR after every pass")
+    debug.add_argument("--print-changed", action="store_true", help="print the QIR after passes that changed it")
+    debug.add_argument("--stop-after", metavar="PASS", help="stop the pipeline after PASS")
+    debug.add_argument("--disable", action="append", default=[], metavar="PASS", help="skip PASS")
+    debug.add_argument("--explain", action="append", default=[], metavar="PASS",
+                       help="say, per node, why PASS did or did not apply")
+    info = parser.add_argument_group("information")
+    info.add_argument("--list-backends", action="store_true", help="list the shipped backends")
+    info.add_argument("--list-passes", action="store_true", help="list the registered passes")
+    info.add_argument("--show-backend", metavar="NAME", help="print a backend's resolved configuration")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _run(build_parser().parse_args(argv))
+    except QCompileError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
+                        format=f"{PROG}: %(message)s", stream=sys.stderr)
+    if args.list_backends:
+        return _list_backends()
+    if args.list_passes:
+        return _list_passes()
+    if args.show_backend:
+        print(resolved_yaml(load_backend(args.show_backend, args.overrides)), end="")
+        return 0
+    missing = [flag for flag, value in (("MODEL", args.model), ("--backend", args.backend), ("--out", args.out))
+               if value is None]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}; e.g. {PROG} model.onnx --backend tensorrt --out out/")
+    result = compile_model(CompileRequest(
+        model=args.model, backend=args.backend, out=args.out, overrides=args.overrides,
+        dump_dir=args.dump_dir, print_after=args.print_after, print_after_all=args.print_after_all,
+        print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
+        explain=args.explain,
+    ))
+    for pass_name in args.explain:
+        for explanation in result.ctx.explanations_of(pass_name):
+            print(explanation)
+    if not args.quiet:
+        _print_summary(args, result)
+    return 0
+
+
+def _print_summary(args: argparse.Namespace, result) -> None:
+    print(f"{args.model.name} -> {args.out} (backend {result.backend.name})")
+    for record in result.records:
+        if record.status == "ran":
+            print(f"  {record.label:<24} {record.seconds:7.2f} s  {format_stats(record.stats)}")
+        else:
+            print(f"  {record.label:<24} {record.status}")
+    print("wrote " + ", ".join(str(path) for path in result.outputs))
+
+
+def _list_backends() -> int:
+    for name in shipped_backends():
+        backend = load_backend(name)
+        print(f"{name:<10} scheme {backend.scheme}  {backend.description}")
+    return 0
+
+
+def _list_passes() -> int:
+    from qcompiler.passes import registry
+
+    for name, pass_cls in registry().items():
+        print(f"{name:<20} {pass_cls.summary()}")
+    return 0

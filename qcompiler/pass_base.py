@@ -1,0 +1,91 @@
+"""What a pass is: a name, typed options, contracts, and ``run(graph, ctx)``.
+
+A pass rewrites the graph in place and returns a ``PassResult``. It holds no
+state between runs, never prints, and tells why it did or did not touch a
+node through ``ctx.explain``. Its contracts are code: each ``Property`` in
+``requires`` must hold before it runs, each in ``ensures`` after.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class Property:
+    """A fact about a graph that a pass can require or ensure.
+
+    ``violation(graph)`` returns None when the fact holds, else a sentence
+    saying where it does not. ``established_by`` names the pass to run first.
+    """
+
+    name: str
+    established_by: str
+    violation: Callable[[gs.Graph], str | None]
+
+
+@dataclass
+class PassResult:
+    changed: bool
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    pass_name: str
+    node: str
+    applied: bool
+    reason: str
+
+    def __str__(self) -> str:
+        verdict = "applied" if self.applied else "skipped"
+        return f"{self.pass_name}: {self.node}: {verdict}: {self.reason}"
+
+
+@dataclass
+class PassContext:
+    """What passes share besides the graph: the backend and the decisions log."""
+
+    backend: Any = None
+    explanations: list[Explanation] = field(default_factory=list)
+    current_pass: str = ""
+
+    def explain(self, node: str, applied: bool, reason: str) -> None:
+        self.explanations.append(Explanation(self.current_pass, node, applied, reason))
+
+    def explanations_of(self, pass_name: str) -> list[Explanation]:
+        return [e for e in self.explanations if e.pass_name == pass_name]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For passes that take no options."""
+
+
+class Pass:
+    """Base of every pass. Subclasses set ``name`` (its module's name) and ``run``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    requires: ClassVar[tuple[Property, ...]] = ()
+    ensures: ClassVar[tuple[Property, ...]] = ()
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the pass module's docstring, which is its contract."""
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+
+def option_names(pass_cls: type[Pass]) -> list[str]:
+    return [f.name for f in dataclasses.fields(pass_cls.Options)]

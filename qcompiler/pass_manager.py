@@ -1,0 +1,164 @@
+"""Runs a backend's pipeline: checks contracts, verifies, times, and reports.
+
+The manager never reorders: the YAML list is the order. Before a pass it
+checks the pass's ``requires``; after it, it verifies the graph (our
+invariants, the ONNX checker, fresh shapes) and checks ``ensures``. A failure
+names the pass and the stages that ran before it. Instruments observe every
+stage (import is stage 000) without being able to change it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+import onnx_graphsurgeon as gs
+
+from qcompiler import schema
+from qcompiler.backend import PipelineEntry
+from qcompiler.errors import QCompileError, UsageError, first_line
+from qcompiler.pass_base import Pass, PassContext
+from qcompiler.verify import verified
+
+log = logging.getLogger(__name__)
+
+StageStatus = Literal["ran", "disabled", "not reached"]
+
+
+@dataclass
+class StageRecord:
+    index: int
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    status: StageStatus = "not reached"
+    changed: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.index:03d}_{self.name}"
+
+
+class Instrument(Protocol):
+    def after_stage(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None: ...
+
+    def finish(self, records: Sequence[StageRecord], ctx: PassContext) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Step:
+    record: StageRecord
+    pass_cls: type[Pass]
+    options: Any
+
+
+class PassManager:
+    def __init__(
+        self,
+        pipeline: Sequence[PipelineEntry],
+        registry: Mapping[str, type[Pass]],
+        instruments: Sequence[Instrument] = (),
+        stop_after: str | None = None,
+        disabled: Sequence[str] = (),
+    ):
+        self.steps = [self._step(index, entry, registry) for index, entry in enumerate(pipeline, start=1)]
+        names = [step.record.name for step in self.steps]
+        for flag, value in [("--stop-after", stop_after), *[("--disable", d) for d in disabled]]:
+            if value is not None:
+                require_in_pipeline(flag, value, names)
+        self.instruments = list(instruments)
+        self.stop_after = stop_after
+        self.disabled = set(disabled)
+
+    @staticmethod
+    def _step(index: int, entry: PipelineEntry, registry: Mapping[str, type[Pass]]) -> _Step:
+        if entry.name not in registry:
+            raise UsageError(f"unknown pass {entry.name!r}; known passes: {', '.join(registry)}")
+        pass_cls = registry[entry.name]
+        options = schema.build(pass_cls.Options, entry.options, f"pipeline.{entry.name}")
+        return _Step(StageRecord(index, entry.name, schema.to_plain(options)), pass_cls, options)
+
+    @property
+    def records(self) -> list[StageRecord]:
+        return [step.record for step in self.steps]
+
+    def run(self, graph: gs.Graph, ctx: PassContext, import_record: StageRecord) -> gs.Graph:
+        """Run every step on ``graph`` (already imported) and return the final graph."""
+        history = [import_record.name]
+        self._notify(import_record, graph, ctx)
+        try:
+            for step in self.steps:
+                if step.record.name in self.disabled:
+                    step.record.status = "disabled"
+                    continue
+                graph = self._run_step(step, graph, ctx, history)
+                history.append(step.record.name)
+                if step.record.name == self.stop_after:
+                    break
+        finally:
+            for instrument in self.instruments:
+                instrument.finish([import_record, *self.records], ctx)
+        return graph
+
+    def _run_step(self, step: _Step, graph: gs.Graph, ctx: PassContext, history: list[str]) -> gs.Graph:
+        record, name = step.record, step.record.name
+        ran_before = ", ".join(history)
+        for prop in step.pass_cls.requires:
+            violation = prop.violation(graph)
+            if violation:
+                raise QCompileError(f"{name} needs {prop.name}; run {prop.established_by} first ({violation})")
+        ctx.current_pass = name
+        start = time.perf_counter()
+        try:
+            result = step.pass_cls(step.options).run(graph, ctx)
+            graph = verified(graph)
+        except QCompileError as exc:
+            raise QCompileError(f"pass {name} failed (after {ran_before}): {exc}") from exc
+        except Exception as exc:
+            log.debug("pass %s raised", name, exc_info=True)
+            raise QCompileError(f"pass {name} failed (after {ran_before}): {type(exc).__name__}: {first_line(exc)}") from exc
+        finally:
+            ctx.current_pass = ""
+        record.seconds = time.perf_counter() - start
+        record.status, record.changed, record.stats = "ran", result.changed, dict(result.stats)
+        for prop in step.pass_cls.ensures:
+            violation = prop.violation(graph)
+            if violation:
+                raise QCompileError(f"pass {name} did not ensure {prop.name} (after {ran_before}): {violation}")
+        log.info("%s: %.3f s %s", record.label, record.seconds, format_stats(record.stats))
+        self._notify(record, graph, ctx)
+        return graph
+
+    def _notify(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None:
+        for instrument in self.instruments:
+            instrument.after_stage(record, graph, ctx)
+
+
+def require_in_pipeline(flag: str, name: str, pipeline: Sequence[str]) -> None:
+    if name not in pipeline:
+        listed = ", ".join(pipeline) or "no passes"
+        raise UsageError(f"{flag} {name}: not in this backend's pipeline ({listed})")
+
+
+def format_stats(stats: Mapping[str, int]) -> str:
+    return ", ".join(f"{key}={stats[key]}" for key in sorted(stats))
+
+
+def pipeline_text(backend: str, records: Sequence[StageRecord]) -> str:
+    """The resolved pipeline with each stage's outcome; deterministic (no times)."""
+    lines = [f"# qcompile pipeline for backend {backend}"]
+    for record in records:
+        options = f" options {record.options}" if record.options else ""
+        outcome = record.status + (", changed" if record.changed else "") if record.status == "ran" else record.status
+        stats = f" stats {format_stats(record.stats)}" if record.stats else ""
+        lines.append(f"{record.index:03d} {record.name}: {outcome}{options}{stats}")
+    return "\n".join(lines) + "\n"
+
+
+def timing_text(records: Sequence[StageRecord]) -> str:
+    ran = [r for r in records if r.status == "ran"]
+    lines = [f"{r.index:03d} {r.name:<24} {r.seconds:9.3f} s" for r in ran]
+    lines.append(f"{'total':<28} {sum(r.seconds for r in ran):9.3f} s")
+    return "\n".join(lines) + "\n"

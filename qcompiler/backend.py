@@ -145,7 +145,16 @@ def load_backend(name_or_path: str, overrides: list[str] = ()) -> BackendConfig:
 
 
 def resolved_yaml(config: BackendConfig) -> str:
-    return yaml.safe_dump(schema.to_plain(config), sort_keys=False, default_flow_style=None, width=100)
+    """The final configuration as YAML, unset (null) fields left out."""
+    return yaml.safe_dump(_without_nulls(schema.to_plain(config)), sort_keys=False, width=100)
+
+
+def _without_nulls(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_without_nulls(v) for v in data]
+    return data
 
 
 def validate(config: BackendConfig) -> None:

@@ -1,0 +1,50 @@
+"""Running models in onnxruntime: sessions, feeds, and output comparison."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+_NUMPY_OF_ORT = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def session(model: onnx.ModelProto | Path | str, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session; ``threads=0`` lets onnxruntime choose."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto | Path | str | ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    return sess.run(None, dict(feeds))
+
+
+def random_feeds(sess: ort.InferenceSession, seed: int = 0, dims: Mapping[str, int] | None = None,
+                 default_dim: int = 1) -> dict[str, np.ndarray]:
+    """Seeded normal inputs for every model input; symbolic dims from ``dims`` or ``default_dim``."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else (dims or {}).get(str(d), default_dim) for d in value.shape]
+        dtype = _NUMPY_OF_ORT.get(value.type, np.float32)
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    """max |reference - actual| / max |reference| (0 when both are 0)."""
+    reference = np.asarray(reference, np.float64)
+    actual = np.asarray(actual, np.float64)
+    scale = np.abs(reference).max() if reference.size else 0.0
+    diff = np.abs(reference - actual).max() if reference.size else 0.0
+    return float(diff / scale) if scale > 0 else float(diff)

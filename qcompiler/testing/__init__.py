@@ -1,0 +1,1 @@
+"""Test support shipped with qcompiler: small seeded models built in code."""

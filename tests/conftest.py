@@ -1,0 +1,104 @@
+"""Shared fixtures: golden files, the ../shared data, and compiling test models.
+
+``pytest --update-golden`` rewrites every golden file a test checks and then
+fails the run, so that ``git diff golden/`` is read before it is committed.
+A missing golden fails with the command that creates it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = REPO / "golden"
+SHARED = REPO.parent / "shared"
+SHARED_MODELS = SHARED / "models"
+SHARED_IMAGES = SHARED / "images"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files (the run still fails)")
+
+
+class Golden:
+    def __init__(self, update: bool):
+        self.update = update
+        self.rewritten: list[Path] = []
+        self.changed: list[Path] = []
+
+    def check(self, relative: str, text: str) -> None:
+        path = GOLDEN_DIR / relative
+        old = path.read_text() if path.exists() else None
+        if self.update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            self.rewritten.append(path)
+            if old != text:
+                self.changed.append(path)
+            return
+        if old is None:
+            pytest.fail(f"golden/{relative} is missing; create it with: pytest --update-golden")
+        if old != text:
+            diff = _first_difference(old, text)
+            pytest.fail(f"golden/{relative} differs at line {diff}; if intended: pytest --update-golden, then review git diff")
+
+
+def _first_difference(old: str, new: str) -> str:
+    for number, (a, b) in enumerate(zip(old.splitlines(), new.splitlines()), start=1):
+        if a != b:
+            return f"{number}:\n  golden: {a}\n  now:    {b}"
+    return f"{min(len(old.splitlines()), len(new.splitlines())) + 1} (one text is longer)"
+
+
+@pytest.fixture(scope="session")
+def golden(request: pytest.FixtureRequest) -> Golden:
+    keeper = Golden(request.config.getoption("--update-golden"))
+    request.config._golden = keeper
+    return keeper
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    keeper = getattr(session.config, "_golden", None)
+    if keeper is not None and keeper.update:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"--update-golden: rewrote {len(keeper.rewritten)} golden files, {len(keeper.changed)} changed; "
+                "review `git diff golden/` and rerun without the flag", red=True)
+
+
+class SharedData:
+    """The real models and photos in ../shared; a test that needs them skips without them."""
+
+    def model(self, name: str) -> Path:
+        path = SHARED_MODELS / name
+        if not path.exists():
+            pytest.skip(f"{path} is not available (../shared/models beside the checkout)")
+        return path
+
+    def images(self, count: int) -> list[Path]:
+        from qcompiler.images import list_images
+
+        if not SHARED_IMAGES.is_dir():
+            pytest.skip(f"{SHARED_IMAGES} is not available")
+        return list_images(SHARED_IMAGES)[:count]
+
+
+@pytest.fixture(scope="session")
+def shared() -> SharedData:
+    return SharedData()
+
+
+@pytest.fixture
+def model_file(tmp_path: Path):
+    """Save a ModelProto under tmp_path and return its path."""
+
+    def save(model: onnx.ModelProto, name: str = "model.onnx") -> Path:
+        path = tmp_path / name
+        onnx.save(model, str(path))
+        return path
+
+    return save

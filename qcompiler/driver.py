@@ -17,6 +17,7 @@ from qcompiler.instruments import DumpInstrument, PrintInstrument
 from qcompiler.pass_base import PassContext
 from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text, require_in_pipeline
 from qcompiler.passes import registry
+from qcompiler.verify import check_model
 
 
 @dataclass
@@ -43,7 +44,12 @@ class CompileResult:
     outputs: list[Path]
 
 
-def compile_model(request: CompileRequest, print_stream: TextIO = sys.stderr) -> CompileResult:
+def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -> CompileResult:
+    """Run the backend's pipeline on the model and write DIR/model.onnx and DIR/pipeline.txt.
+
+    QIR printed by --print-after* goes to ``print_stream`` (stderr by default).
+    """
+    print_stream = print_stream or sys.stderr
     backend = load_backend(request.backend, request.overrides)
     pipeline_names = [entry.name for entry in backend.pipeline]
     for flag, names in (("--print-after", request.print_after), ("--explain", request.explain)):
@@ -79,8 +85,10 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
 
 
 def _write_outputs(out_dir: Path, graph: gs.Graph, backend: BackendConfig, records: list[StageRecord]) -> list[Path]:
+    model = ir.to_model(graph)
+    check_model(model, "the compiled model is not valid ONNX")  # weights too, once
     files = {
-        "model.onnx": ir.to_model(graph).SerializeToString(),
+        "model.onnx": model.SerializeToString(),
         "pipeline.txt": pipeline_text(backend.name, records),
     }
     with staged_output_dir(out_dir) as stage:

@@ -1,13 +1,17 @@
 """The checks the manager runs after import and after every pass.
 
-``verified(graph)`` cleans and sorts the graph, checks our own invariants and
-the ONNX checker, re-infers shapes, and returns a fresh graph that carries
-them. Any failure raises with a sentence naming what is wrong.
+``verified(graph)`` cleans and sorts the graph, checks our own invariants,
+runs the ONNX checker and shape inference, and writes the inferred shapes
+back into the graph. Checker and inference run on a skeleton: a shallow
+copy whose large weights are typed graph inputs, so a 500 MB model is
+verified without serializing its weights after every pass. The full model,
+weights included, is checked once when it is written (``check_model``).
 """
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -16,9 +20,13 @@ from qcompiler.errors import QCompileError, first_line
 
 log = logging.getLogger(__name__)
 MIN_OPSET = 13
+# Constants this large stand in the skeleton as inputs; small ones (shape
+# tensors, scalars) stay, because shape inference propagates their values.
+SKELETON_MIN_BYTES = 4096
 
 
 def verified(graph: gs.Graph) -> gs.Graph:
+    """Verify ``graph`` and refresh its shapes in place; returns it for chaining."""
     graph.cleanup(remove_unused_graph_inputs=False)
     try:
         graph.toposort()
@@ -27,13 +35,51 @@ def verified(graph: gs.Graph) -> gs.Graph:
     problems = invariant_violations(graph)
     if problems:
         raise QCompileError("; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
-    model = ir.to_model(graph)
-    check_model(model, "the graph is not valid ONNX")
+    skeleton = skeleton_model(graph)
+    check_model(skeleton, "the graph is not valid ONNX")
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as exc:  # inference is advisory once the checker passed
         log.warning("shape inference failed: %s", first_line(exc))
-    return ir.to_graph(model)
+        return graph
+    _annotate_shapes(graph, inferred)
+    return graph
+
+
+def skeleton_model(graph: gs.Graph) -> onnx.ModelProto:
+    """``graph`` as ONNX with every constant of SKELETON_MIN_BYTES or more turned into an input."""
+    view = graph.copy()
+    for tensor in list(view.tensors().values()):
+        if isinstance(tensor, gs.Constant) and _nbytes(tensor) >= SKELETON_MIN_BYTES:
+            stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
+            for consumer in list(tensor.outputs):
+                for index, operand in enumerate(consumer.inputs):
+                    if operand is tensor:
+                        consumer.inputs[index] = stand_in
+            view.inputs.append(stand_in)
+    return ir.to_model(view)
+
+
+def _nbytes(constant: gs.Constant) -> int:
+    return int(np.prod(constant.shape, dtype=np.int64)) * np.dtype(constant.dtype).itemsize
+
+
+def _annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> None:
+    infos = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    for name, tensor in graph.tensors().items():
+        info = infos.get(name)
+        if isinstance(tensor, gs.Variable) and info is not None and info.type.HasField("tensor_type"):
+            tensor_type = info.type.tensor_type
+            if tensor_type.elem_type:
+                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            if tensor_type.HasField("shape"):
+                tensor.shape = [_dim(d) for d in tensor_type.shape.dim]
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or None
 
 
 def check_model(model: onnx.ModelProto, what: str) -> None:

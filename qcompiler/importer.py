@@ -48,6 +48,7 @@ class ImportStats:
 
 def import_model(path: Path) -> tuple[gs.Graph, ImportStats]:
     """Load ``path`` and return the canonical graph with what import did."""
+    path = Path(path)
     stats = ImportStats()
     model = load_model(path)
     refuse_quantized(model, path)

@@ -175,7 +175,7 @@ def test_console_script_is_installed(tmp_path):
     exe = str(beside_python) if beside_python.exists() else shutil.which("qcompile")
     if exe is None:
         pytest.skip("the qcompile console script is not installed beside this Python")
-    done = subprocess.run([exe, "--list-passes"], capture_output=True, text=True)
+    done = subprocess.run([exe, "--list-passes"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and "fold_bn" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "qcompiler", "--version"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "qcompiler", "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("qcompile ")

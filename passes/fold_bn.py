@@ -40,7 +40,7 @@ class BNParams:
     shift: np.ndarray  # b - m * k
 
 
-def _unfolded_bn(graph: gs.Graph) -> str | None:
+def _unfolded_bn(graph: gs.Graph, ctx: PassContext | None = None) -> str | None:
     for node in graph.nodes:
         if node.op == "BatchNormalization" and _bn_params(node)[1] is None:
             producer, reason = _fold_target(graph, node)

@@ -22,7 +22,7 @@ from qcompiler.errors import UsageError
 from qcompiler.schema import SchemaError
 
 Signedness = Literal["signed", "unsigned", "adaptive"]
-Granularity = Literal["per_tensor", "per_channel", "per_group"]
+Granularity = Literal["per_tensor", "per_channel"]
 ScaleForm = Literal["float", "power_of_two"]
 # What a backend does with an op type (BACKENDS.md section 2):
 #   weighted      quantize its activation input and its weight
@@ -46,7 +46,6 @@ class QuantizerSpec:
     narrow_range: bool = False
     reduce_range: bool = False
     granularity: Granularity = "per_tensor"
-    group_size: int | None = None
     scale: ScaleForm = "float"
     # ceil never clips; round is closer on average but may clip the extremes
     power_of_two_rounding: Literal["ceil", "round"] = "ceil"
@@ -189,8 +188,6 @@ def validate(config: BackendConfig) -> None:
 def _validate_spec(spec: QuantizerSpec, path: str) -> None:
     if not 2 <= spec.bits <= 16:
         raise SchemaError(f"{path}.bits: {spec.bits} is outside 2..16")
-    if spec.granularity == "per_group" and not spec.group_size:
-        raise SchemaError(f"{path}.group_size: per_group needs a group_size")
     if spec.narrow_range and spec.signedness == "unsigned":
         raise SchemaError(f"{path}.narrow_range: only a signed grid has a narrow range")
 

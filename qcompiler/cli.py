@@ -14,10 +14,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from qcompiler import __version__
+import yaml
+
+from qcompiler import __version__, schema
 from qcompiler.backend import load_backend, resolved_yaml, shipped_backends
 from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.errors import QCompileError, UsageError, first_line
+from qcompiler.images import Preprocess
 from qcompiler.pass_manager import format_stats
 
 PROG = "qcompile"
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", type=Path, help="output directory (created; files replaced atomically)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a backend field, e.g. --set quantizers.weight.bits=4")
+    add_data_arguments(parser, "--calib", "calibration data: a folder of images, .npy, .npz or module:function")
+    parser.add_argument("--calib-size", type=int, metavar="N", help="use the first N calibration samples")
     debug = parser.add_argument_group("seeing inside")
     debug.add_argument("--dump-dir", type=Path, help="write NNN_<pass>.qir/.onnx per stage and pipeline files")
     debug.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the QIR after PASS")
@@ -53,6 +58,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument(flag, dest="data", metavar="DATA", help=help_text)
+    data.add_argument("--preprocess", type=Path, metavar="FILE.yaml",
+                      help="image preprocessing: resize_shorter, resize, crop, scale, mean, std, channels, layout")
+    data.add_argument("--resize", type=_pair, metavar="HxW", help="resize images to exactly HxW")
+    data.add_argument("--resize-shorter", type=int, metavar="N", help="resize the shorter image side to N")
+    data.add_argument("--crop", type=_pair, metavar="HxW", help="center-crop images to HxW")
+    data.add_argument("--scale", type=float, help="multiply 0..255 pixel values by this first")
+    data.add_argument("--mean", type=_floats, metavar="R,G,B", help="subtract per channel (after --scale)")
+    data.add_argument("--std", type=_floats, metavar="R,G,B", help="divide per channel (after --mean)")
+    data.add_argument("--bgr", action="store_true", help="feed channels in BGR order")
+    data.add_argument("--nhwc", action="store_true", help="feed images as NHWC rather than NCHW")
+
+
+def preprocess_from(args: argparse.Namespace) -> Preprocess | None:
+    """The image preprocessing the flags (over an optional YAML file) describe, or None for the default."""
+    fields: dict = {}
+    if args.preprocess is not None:
+        try:
+            fields.update(yaml.safe_load(args.preprocess.read_text()) or {})
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"--preprocess {args.preprocess}: {first_line(exc)}") from exc
+    flags = {"resize": args.resize, "resize_shorter": args.resize_shorter, "crop": args.crop,
+             "scale": args.scale, "mean": args.mean, "std": args.std,
+             "channels": "BGR" if args.bgr else None, "layout": "NHWC" if args.nhwc else None}
+    fields.update({key: value for key, value in flags.items() if value is not None})
+    if not fields:
+        return None
+    try:
+        return schema.build(Preprocess, fields)
+    except UsageError as exc:
+        raise UsageError(f"preprocess: {exc}") from None
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 224x224") from None
+    return height, width
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model, backend=args.backend, out=args.out, overrides=args.overrides,
         dump_dir=args.dump_dir, print_after=args.print_after, print_after_all=args.print_after_all,
         print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
-        explain=args.explain,
+        explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
+        progress=not args.quiet,
     ))
     for pass_name in args.explain:
         for explanation in result.ctx.explanations_of(pass_name):

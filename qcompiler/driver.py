@@ -11,13 +11,21 @@ import onnx_graphsurgeon as gs
 
 from qcompiler import ir
 from qcompiler.backend import BackendConfig, load_backend
+from qcompiler.calib_data import CalibrationData, InputSpec, open_data
+from qcompiler.errors import UsageError
 from qcompiler.fileio import check_output_dir, staged_output_dir, write_atomic
-from qcompiler.importer import import_model
+from qcompiler.images import Preprocess
+from qcompiler.importer import import_model, require_model_file
 from qcompiler.instruments import DumpInstrument, PrintInstrument
 from qcompiler.pass_base import PassContext
 from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text, require_in_pipeline
 from qcompiler.passes import registry
+from qcompiler.report import layer_outputs, qparams_json, report_json
 from qcompiler.verify import check_model
+
+
+# how many calibration samples report.json compares float and quantized on
+REPORT_SAMPLES = 8
 
 
 @dataclass
@@ -33,6 +41,10 @@ class CompileRequest:
     stop_after: str | None = None
     disable: list[str] = field(default_factory=list)
     explain: list[str] = field(default_factory=list)
+    calib: str | None = None
+    calib_size: int | None = None
+    preprocess: Preprocess | None = None
+    progress: bool = False
 
 
 @dataclass
@@ -55,23 +67,65 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     for flag, names in (("--print-after", request.print_after), ("--explain", request.explain)):
         for name in names:
             require_in_pipeline(flag, name, pipeline_names)
-    check_output_dir(request.out, protected=[request.model])
-    if request.dump_dir is not None:
-        check_output_dir(request.dump_dir, protected=[request.model])
-
     manager = PassManager(
         backend.pipeline, registry(), _instruments(request, backend, print_stream),
         stop_after=request.stop_after, disabled=request.disable,
     )
+    require_model_file(request.model)
+    if request.calib is None and _runs(backend, "calibrate", request):
+        raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
+                         "(or --stop-after a pass before calibrate)")
+    check_output_dir(request.out, protected=[request.model])
+    if request.dump_dir is not None:
+        check_output_dir(request.dump_dir, protected=[request.model])
+
     start = time.perf_counter()
     graph, import_stats = import_model(request.model)
     import_record = StageRecord(0, "import", status="ran", changed=True, stats=import_stats.counts,
                                 seconds=time.perf_counter() - start)
-    ctx = PassContext(backend=backend)
+    ctx = PassContext(backend=backend, calibration_data=_calibration_data(request, backend, graph))
+    if request.progress:
+        ctx.progress = _progress_bar
+    float_keeper = _FloatModelKeeper()
+    manager.instruments.append(float_keeper)
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    outputs = _write_outputs(request.out, graph, backend, records)
+    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records)
     return CompileResult(backend, graph, records, ctx, outputs)
+
+
+def _runs(backend: BackendConfig, pass_name: str, request: CompileRequest) -> bool:
+    """Whether ``pass_name`` will run, given --stop-after and --disable."""
+    names = [entry.name for entry in backend.pipeline]
+    if request.stop_after in names:
+        names = names[: names.index(request.stop_after) + 1]
+    return pass_name in names and pass_name not in request.disable
+
+
+class _FloatModelKeeper:
+    """Keeps the graph of the last stage that had no quantizer: the float model the backend starts from."""
+
+    graph: gs.Graph | None = None
+
+    def after_stage(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None:
+        if not ctx.plan:
+            self.graph = graph.copy()
+
+    def finish(self, records, ctx: PassContext) -> None:
+        pass
+
+
+def _calibration_data(request: CompileRequest, backend: BackendConfig, graph: gs.Graph) -> CalibrationData | None:
+    if request.calib is None:
+        return None
+    limit = request.calib_size or backend.calibration.size
+    return open_data(request.calib, [InputSpec.of(t) for t in graph.inputs], request.preprocess, limit)
+
+
+def _progress_bar(items, total, description):
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=description, unit="batch", leave=False, file=sys.stderr)
 
 
 def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: TextIO) -> list:
@@ -84,14 +138,28 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
     return instruments
 
 
-def _write_outputs(out_dir: Path, graph: gs.Graph, backend: BackendConfig, records: list[StageRecord]) -> list[Path]:
-    model = ir.to_model(graph)
-    check_model(model, "the compiled model is not valid ONNX")  # weights too, once
-    files = {
-        "model.onnx": model.SerializeToString(),
-        "pipeline.txt": pipeline_text(backend.name, records),
-    }
+def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext,
+                   records: list[StageRecord]) -> list[Path]:
+    backend = ctx.backend.name
+    float_model = _checked_model(float_graph)
+    files: dict[str, bytes | str] = {"model.onnx": float_model.SerializeToString()}
+    if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
+        quant_model = _checked_model(graph)
+        files["model.qdq.onnx"] = quant_model.SerializeToString()
+        files["qparams.json"] = qparams_json(ctx.plan, backend)
+        if ctx.calibration_data is not None:
+            feed = ctx.calibration_data.head(REPORT_SAMPLES)
+            samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
+            files["report.json"] = report_json(backend, ctx.plan, float_model, quant_model,
+                                               layer_outputs(graph, ctx.plan), feed, samples)
+    files["pipeline.txt"] = pipeline_text(backend, records)
     with staged_output_dir(out_dir) as stage:
         for name, payload in files.items():
             write_atomic(stage / name, payload)
     return [Path(out_dir) / name for name in files]
+
+
+def _checked_model(graph: gs.Graph):
+    model = ir.to_model(graph)
+    check_model(model, "the compiled model is not valid ONNX")  # weights too, once
+    return model

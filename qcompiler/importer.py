@@ -65,10 +65,14 @@ def import_model(path: Path) -> tuple[gs.Graph, ImportStats]:
     return verified(graph), stats
 
 
+def require_model_file(path: Path) -> None:
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such model file; give the path of an .onnx file")
+
+
 def load_model(path: Path) -> onnx.ModelProto:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such model file; give the path of an .onnx file")
+    require_model_file(path)
     try:
         return onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError...

@@ -2,7 +2,7 @@
 
 ``DumpInstrument`` writes ``NNN_<stage>.qir`` and ``NNN_<stage>.onnx`` for
 every stage (``000_import`` first), then ``pipeline.txt``, ``timing.txt`` and
-``explain.txt``. ``PrintInstrument`` prints the QIR after chosen passes, after
+``explain.txt`` (and ``quant_plan.yaml`` once quantizers are placed). ``PrintInstrument`` prints the QIR after chosen passes, after
 all of them, or after those that changed it, to a stream (stderr by default).
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ class DumpInstrument:
         write_atomic(self.dump_dir / "pipeline.txt", pipeline_text(self.backend, records))
         write_atomic(self.dump_dir / "timing.txt", timing_text(records))
         write_atomic(self.dump_dir / "explain.txt", "".join(f"{e}\n" for e in ctx.explanations))
+        if ctx.plan:
+            write_atomic(self.dump_dir / "quant_plan.yaml", ctx.plan.to_yaml())
 
 
 @dataclass

@@ -10,22 +10,25 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import onnx_graphsurgeon as gs
+
+from qcompiler.quant_plan import QuantPlan
 
 
 @dataclass(frozen=True)
 class Property:
-    """A fact about a graph that a pass can require or ensure.
+    """A fact about a graph (and its plan) that a pass can require or ensure.
 
-    ``violation(graph)`` returns None when the fact holds, else a sentence
-    saying where it does not. ``established_by`` names the pass to run first.
+    ``violation(graph, ctx)`` returns None when the fact holds, else a
+    sentence saying where it does not. ``established_by`` names the pass to
+    run first.
     """
 
     name: str
     established_by: str
-    violation: Callable[[gs.Graph], str | None]
+    violation: Callable[[gs.Graph, "PassContext"], str | None]
 
 
 @dataclass
@@ -48,9 +51,14 @@ class Explanation:
 
 @dataclass
 class PassContext:
-    """What passes share besides the graph: the backend and the decisions log."""
+    """What passes share besides the graph: the backend, the quantization
+    plan, the calibration data, and the decisions log."""
 
     backend: Any = None
+    plan: QuantPlan = field(default_factory=QuantPlan)
+    calibration_data: Any = None
+    # wraps a long loop for progress display: progress(iterable, total, description)
+    progress: Callable[[Iterable, int | None, str], Iterable] = lambda items, total, description: items
     explanations: list[Explanation] = field(default_factory=list)
     current_pass: str = ""
 

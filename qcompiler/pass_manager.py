@@ -106,7 +106,7 @@ class PassManager:
         record, name = step.record, step.record.name
         ran_before = ", ".join(history)
         for prop in step.pass_cls.requires:
-            violation = prop.violation(graph)
+            violation = prop.violation(graph, ctx)
             if violation:
                 raise QCompileError(f"{name} needs {prop.name}; run {prop.established_by} first ({violation})")
         ctx.current_pass = name
@@ -114,8 +114,8 @@ class PassManager:
         try:
             result = step.pass_cls(step.options).run(graph, ctx)
             graph = verified(graph)
-        except QCompileError as exc:
-            raise QCompileError(f"pass {name} failed (after {ran_before}): {exc}") from exc
+        except QCompileError as exc:  # keeps its class, so a usage error still exits 2
+            raise type(exc)(f"pass {name} failed (after {ran_before}): {exc}") from exc
         except Exception as exc:
             log.debug("pass %s raised", name, exc_info=True)
             raise QCompileError(f"pass {name} failed (after {ran_before}): {type(exc).__name__}: {first_line(exc)}") from exc
@@ -124,7 +124,7 @@ class PassManager:
         record.seconds = time.perf_counter() - start
         record.status, record.changed, record.stats = "ran", result.changed, dict(result.stats)
         for prop in step.pass_cls.ensures:
-            violation = prop.violation(graph)
+            violation = prop.violation(graph, ctx)
             if violation:
                 raise QCompileError(f"pass {name} did not ensure {prop.name} (after {ran_before}): {violation}")
         log.info("%s: %.3f s %s", record.label, record.seconds, format_stats(record.stats))

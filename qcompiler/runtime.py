@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -39,6 +39,18 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dims: Mapping[str, i
         dtype = _NUMPY_OF_ORT.get(value.type, np.float32)
         feeds[value.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the intermediate tensors ``names`` (after its own outputs)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    existing = {o.name for o in exposed.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in exposed.graph.value_info}
+    for name in names:
+        if name not in existing:
+            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return exposed
 
 
 def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:

@@ -60,6 +60,8 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
             raise SchemaError(f"{path}: expected a list, got {_describe(value)}")
         (item_type,) = typing.get_args(tp)
         return [coerce(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is tuple:
+        return _coerce_tuple(tp, value, path)
     if origin is dict:
         if not isinstance(value, dict):
             raise SchemaError(f"{path}: expected a mapping, got {_describe(value)}")
@@ -79,6 +81,17 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     return obj
+
+
+def _coerce_tuple(tp: Any, value: Any, path: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise SchemaError(f"{path}: expected a list, got {_describe(value)}")
+    args = typing.get_args(tp)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if len(value) != len(args):
+        raise SchemaError(f"{path}: expected {len(args)} values, got {len(value)}")
+    return tuple(coerce(t, item, f"{path}[{i}]") for i, (t, item) in enumerate(zip(args, value)))
 
 
 def _coerce_union(tp: Any, value: Any, path: str) -> Any:

@@ -43,7 +43,8 @@ def test_table1_settings():
     assert acl.quantizers["activation"].symmetric is False
     assert acl.ops["Gemm"].weights == "weight_per_tensor"
     assert academic.quantizers["activation"].signedness == "adaptive"
-    assert [e.name for e in academic.pipeline] == [] and [e.name for e in trt.pipeline] == ["fold_bn"]
+    assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales"]
+    assert [e.name for e in trt.pipeline] == ["fold_bn", "insert_quantizers", "calibrate", "share_scales"]
     assert [layer.match.position for layer in academic.layers] == ["first_weighted", "last_weighted"]
 
 
@@ -54,7 +55,7 @@ def test_table1_settings():
     ({"quantizers": {"weight": {"bits": "eight"}}}, "quantizers.weight.bits: expected int, got str 'eight'"),
     ({"quantizers": {"weight": {"bits": 1}}}, "quantizers.weight.bits: 1 is outside 2..16"),
     ({"ops": {"Gemm": {"role": "weighted", "weights": "w4"}}}, "ops.Gemm.weights: unknown quantizer spec 'w4'"),
-    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: fold_bn"),
+    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: calibrate, fold_bn"),
     ({"pipeline": [{"name": "fold_bn", "options": {"standalon": "keep"}}]}, "pipeline[0].options.standalon: unknown key"),
     ({"emit": ["tensorrt_cache"]}, "emit[0]: unknown emitter 'tensorrt_cache'"),
     ({"layers": [{"match": {"name": "("}}]}, "layers[0].match.name: not a regular expression"),
@@ -102,7 +103,7 @@ def test_set_overrides_are_validated_like_files():
     with pytest.raises(UsageError, match="expected KEY.PATH=VALUE"):
         load_backend("tvm", ["bits"])
     with pytest.raises(UsageError, match="is not an index"):
-        load_backend("tvm", ["pipeline[3]=fold_bn"])
+        load_backend("tvm", ["pipeline[9]=fold_bn"])
 
 
 def test_unknown_backend_and_bad_yaml(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -21,6 +22,13 @@ def model_path(model_file):
     return model_file(TEST_MODELS["resnet_basic_block"]())
 
 
+@pytest.fixture
+def calib(tmp_path):
+    path = tmp_path / "calib.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((12, 16, 16, 16)).astype(np.float32))
+    return path
+
+
 def qcompile(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -31,41 +39,51 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_compile_writes_model_and_pipeline(capsys, model_path, tmp_path):
-    code, out, err = qcompile(capsys, model_path, "--backend", "tensorrt", "--out", tmp_path / "out")
-    assert code == 0 and err == ""
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "pipeline.txt"]
+def test_compile_writes_model_and_pipeline(capsys, model_path, calib, tmp_path):
+    code, out, err = qcompile(capsys, model_path, "--backend", "tensorrt", "--out", tmp_path / "out", "--calib", calib)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "model.onnx", "model.qdq.onnx", "pipeline.txt", "qparams.json", "report.json"]
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
-    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}
+    assert {n.op_type for n in model.graph.node} == {"Conv", "Relu", "Add"}  # the float model, BN folded
     assert "001 fold_bn: ran, changed" in (tmp_path / "out" / "pipeline.txt").read_text()
     assert "001_fold_bn" in out and "folded=3" in out
 
 
-def test_dump_dir_holds_every_stage(capsys, model_path, tmp_path):
-    code, _, _ = qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "out", "--dump-dir", tmp_path / "d")
+def test_float_stages_only_without_calibration(capsys, model_path, tmp_path):
+    code, _, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "out", "--stop-after", "fold_bn")
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
-        "000_import.onnx", "000_import.qir", "001_fold_bn.onnx", "001_fold_bn.qir",
-        "explain.txt", "pipeline.txt", "timing.txt",
-    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "pipeline.txt"]
+
+
+def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
+    code, _, _ = qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "out", "--dump-dir", tmp_path / "d",
+                          "--calib", calib)
+    assert code == 0
+    stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
+        [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
+        + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])
     assert "fold_bn: bn1: applied: folded into Conv conv1" in (tmp_path / "d" / "explain.txt").read_text()
 
 
-def test_same_inputs_same_bytes(capsys, model_path, tmp_path):
+def test_same_inputs_same_bytes(capsys, model_path, calib, tmp_path):
     for run in ("a", "b"):
-        assert qcompile(capsys, model_path, "-b", "tvm", "-o", tmp_path / run, "--dump-dir", tmp_path / f"d{run}")[0] == 0
-    for name in ("model.onnx", "pipeline.txt"):
+        assert qcompile(capsys, model_path, "-b", "tvm", "-o", tmp_path / run, "--dump-dir", tmp_path / f"d{run}",
+                        "--calib", calib)[0] == 0
+    for name in ("model.onnx", "model.qdq.onnx", "qparams.json", "report.json", "pipeline.txt"):
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name)
-    for name in ("000_import.onnx", "001_fold_bn.onnx", "001_fold_bn.qir"):
+    for name in ("000_import.onnx", "001_fold_bn.onnx", "004_share_scales.qir", "quant_plan.yaml"):
         assert digest(tmp_path / "da" / name) == digest(tmp_path / "db" / name)
 
 
 def test_print_instruments(capsys, model_path, tmp_path):
-    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o1", "--print-after", "fold_bn", "-q")
+    stop = ("--stop-after", "fold_bn")
+    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o1", "--print-after", "fold_bn", "-q", *stop)
     assert err.startswith("; *** QIR after 001_fold_bn ***\nqir 1\n")
-    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o2", "--print-after-all", "-q")
+    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o2", "--print-after-all", "-q", *stop)
     assert err.count("; *** QIR after") == 1
-    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o3", "--print-changed", "-q")
+    _, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o3", "--print-changed", "-q", *stop)
     assert "QIR after 001_fold_bn" in err
 
 
@@ -75,12 +93,14 @@ def test_print_changed_is_silent_when_nothing_changed(capsys, model_file, tmp_pa
                                [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
                                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
         opset_imports=[onnx.helper.make_opsetid("", 17)]))
-    code, _, err = qcompile(capsys, path, "-b", "tensorrt", "-o", tmp_path / "o", "--print-changed", "-q")
+    code, _, err = qcompile(capsys, path, "-b", "tensorrt", "-o", tmp_path / "o", "--print-changed", "-q",
+                            "--stop-after", "fold_bn")
     assert code == 0 and err == ""
 
 
-def test_disable_stop_after_and_explain(capsys, model_path, tmp_path):
-    code, out, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--disable", "fold_bn")
+def test_disable_stop_after_and_explain(capsys, model_path, calib, tmp_path):
+    code, out, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--disable", "fold_bn",
+                            "--calib", calib)
     assert code == 0 and "001_fold_bn" in out and "disabled" in out
     assert "BatchNormalization" in {n.op_type for n in onnx.load(str(tmp_path / "o" / "model.onnx")).graph.node}
     code, out, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o2", "--stop-after", "fold_bn",
@@ -98,7 +118,8 @@ def test_listing_and_showing(capsys):
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
         ["academic", "acl", "fbgemm", "snpe", "tensorrt", "tvm"]
     code, out, _ = qcompile(capsys, "--list-passes")
-    assert code == 0 and out.startswith("fold_bn ")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
+        ["calibrate", "fold_bn", "insert_quantizers", "share_scales"]
     code, out, _ = qcompile(capsys, "--show-backend", "tvm", "--set", "quantizers.weight.bits=4")
     assert code == 0 and yaml.safe_load(out)["quantizers"]["weight"]["bits"] == 4
 
@@ -108,11 +129,16 @@ def test_listing_and_showing(capsys):
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
     (["{tmp}/absent.onnx", "-b", "tensorrt", "-o", "{tmp}/o"], 2, "no such model file"),
     (["{model}", "-b", "tensorrtt", "-o", "{tmp}/o"], 2, "unknown backend 'tensorrtt'"),
-    (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "calibrate"], 2, "--print-after calibrate: not in"),
-    (["{model}", "-b", "academic", "-o", "{tmp}/o", "--stop-after", "fold_bn"], 2, "(no passes)"),
+    (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "bias_correct"], 2,
+     "--print-after bias_correct: not in this backend's pipeline (fold_bn, insert_quantizers, calibrate, share_scales)"),
+    (["{model}", "-b", "academic", "-o", "{tmp}/o", "--stop-after", "fold_bn"], 2,
+     "--stop-after fold_bn: not in this backend's pipeline (insert_quantizers"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--set", "scheme=9"], 2, "backend tensorrt: scheme: 9 is not one of"),
-    (["{model}", "-b", "tensorrt", "-o", "{tmp}"], 2, "holds the input model.onnx"),
-    (["{model}", "-b", "tensorrt", "-o", "{model}"], 2, "is a file; give a directory"),
+    (["{model}", "-b", "tensorrt", "-o", "{tmp}/o"], 2, "backend tensorrt calibrates; pass --calib"),
+    (["{model}", "-b", "tvm", "-o", "{tmp}/o", "--calib", "{tmp}"], 2, "holds no images"),
+    (["{model}", "-b", "tvm", "-o", "{tmp}/o", "--calib", "{tmp}/none.npy"], 2, "not a folder of images, an .npy"),
+    (["{model}", "-b", "tensorrt", "-o", "{tmp}", "--stop-after", "fold_bn"], 2, "holds the input model.onnx"),
+    (["{model}", "-b", "tensorrt", "-o", "{model}", "--stop-after", "fold_bn"], 2, "is a file; give a directory"),
 ])
 def test_usage_errors_are_one_line_exit_2(capsys, model_path, tmp_path, args, code, message):
     args = [a.format(model=model_path, tmp=tmp_path) for a in args]
@@ -131,13 +157,13 @@ def test_misspelt_key_and_unknown_pass_in_a_user_file(capsys, model_path, tmp_pa
     assert code == 2 and "quantizers.activation.symetric: unknown key" in err
     user.write_text("extends: tensorrt\npipeline: [fold_bn, calibrat]\n")
     code, _, err = qcompile(capsys, model_path, "-b", user, "-o", tmp_path / "o")
-    assert code == 2 and "unknown pass 'calibrat'; known passes: fold_bn" in err
+    assert code == 2 and "unknown pass 'calibrat'; known passes: calibrate, fold_bn" in err
 
 
 def test_invalid_and_quantized_models_exit_1(capsys, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"definitely not protobuf" * 3)
-    code, _, err = qcompile(capsys, bad, "-b", "tensorrt", "-o", tmp_path / "o")
+    code, _, err = qcompile(capsys, bad, "-b", "tensorrt", "-o", tmp_path / "o", "--stop-after", "fold_bn")
     assert code == 1 and err.count("\n") == 1
     q = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"], name="dq")], "g",
@@ -145,16 +171,16 @@ def test_invalid_and_quantized_models_exit_1(capsys, tmp_path):
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.UINT8, [2])]),
         opset_imports=[onnx.helper.make_opsetid("", 17)])
     onnx.save(q, str(tmp_path / "q.onnx"))
-    code, _, err = qcompile(capsys, tmp_path / "q.onnx", "-b", "tensorrt", "-o", tmp_path / "o")
+    code, _, err = qcompile(capsys, tmp_path / "q.onnx", "-b", "tensorrt", "-o", tmp_path / "o", "--stop-after", "fold_bn")
     assert code == 1 and "already quantized" in err and not (tmp_path / "o").exists()
 
 
-def test_failed_compile_leaves_no_output_dir(capsys, model_path, tmp_path, monkeypatch):
+def test_failed_compile_leaves_no_output_dir(capsys, model_path, calib, tmp_path, monkeypatch):
     def explode(self, graph, ctx):
         raise RuntimeError("simulated failure")
 
     monkeypatch.setattr(FoldBN, "run", explode)
-    code, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o")
+    code, _, err = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib)
     assert code == 1 and "pass fold_bn failed (after import): RuntimeError: simulated failure" in err
     assert not (tmp_path / "o").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
@@ -165,7 +191,7 @@ def test_existing_output_dir_keeps_other_files(capsys, model_path, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "model.onnx").write_text("stale")
-    assert qcompile(capsys, model_path, "-b", "tensorrt", "-o", out, "-q")[0] == 0
+    assert qcompile(capsys, model_path, "-b", "tensorrt", "-o", out, "-q", "--stop-after", "fold_bn")[0] == 0
     assert (out / "notes.txt").read_text() == "mine"
     onnx.checker.check_model(str(out / "model.onnx"))
 

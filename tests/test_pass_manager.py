@@ -13,7 +13,7 @@ from qcompiler.pass_base import Pass, PassContext, PassResult, Property
 from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text
 from qcompiler.testing.models import ModelBuilder
 
-HAS_RELU = Property("a Relu", "add_relu", lambda g: None if any(n.op == "Relu" for n in g.nodes) else "no Relu node")
+HAS_RELU = Property("a Relu", "add_relu", lambda g, ctx: None if any(n.op == "Relu" for n in g.nodes) else "no Relu node")
 
 
 class Noop(Pass):

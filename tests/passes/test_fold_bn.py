@@ -46,7 +46,7 @@ def test_folds_every_bn_of_test_models_and_keeps_outputs(name, model_file):
     graph, ctx, result = fold(model_file(model))
     assert "BatchNormalization" not in op_types(graph)
     assert result.stats["folded"] == sum(n.op_type == "BatchNormalization" for n in model.graph.node)
-    assert BN_FOLDED.violation(graph) is None
+    assert BN_FOLDED.violation(graph, None) is None
     assert_same_outputs(model, graph)
 
 
@@ -145,5 +145,5 @@ def test_matmul_on_rank3_input_is_not_folded(model_file):
 
 def test_property_reports_a_foldable_bn(model_file):
     graph, _ = import_model(model_file(TEST_MODELS["resnet_bottleneck"]()))
-    violation = BN_FOLDED.violation(graph)
+    violation = BN_FOLDED.violation(graph, None)
     assert violation is not None and "could still fold into Conv" in violation

@@ -1,0 +1,382 @@
+"""Place QuantizeLinear/DequantizeLinear pairs where the backend quantizes.
+
+Before: y = Conv(x, W, B)
+After:  y = Conv(DQ(Q(x, s_x, z_x)), DQ(Q(W, s_w, z_w)), B)   (scales are placeholders until calibrate)
+Plan, then apply. The plan works per tensor from the backend's op roles and
+graph scheme (BACKENDS.md section 2):
+- a unit is a weighted / eltwise / same_scale / wrapped op together with a
+  Relu or Clip that alone consumes its output: never a quantizer inside;
+- consumers demand quantized inputs: weighted ops their activation input
+  (all schemes); Add every input in scheme 3 and its skip input in scheme 2
+  (the input straight from a weighted op fuses into it); Concat every input;
+  wrapped ops (pooling) their input;
+- producers write quantized outputs: every unit in scheme 3, Concat and
+  wrapped ops in all schemes; then every consumer reads the quantized value;
+- pass-through ops (MaxPool, Reshape, ...) get no quantizer: a demand on
+  their output moves to their input, whose quantizer they pass through;
+- a graph output stays float (the backend hands float back);
+- Concat inputs and output form one scale group (shared by share_scales).
+Layer overrides (``layers:`` in the backend) match nodes by name regex, op
+type or position (first/last weighted) and skip them or change bits/specs.
+Only float32 tensors are quantized; ``--explain insert_quantizers`` says why
+each op was or was not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler import ir
+from qcompiler.backend import BackendConfig, LayerOverride, QuantizerSpec
+from qcompiler.errors import QCompileError
+from qcompiler.pass_base import Pass, PassContext, PassResult, Property
+from qcompiler.qmath import grid
+from qcompiler.quant_plan import QuantPlan, QuantPoint
+
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+UNIT_ROLES = ("weighted", "eltwise", "same_scale", "wrapped")
+
+
+def _no_quantizers(graph: gs.Graph, ctx: PassContext) -> str | None:
+    if not ctx.plan:
+        return "the quantization plan is empty"
+    present = {node.name for node in graph.nodes}
+    for point in ctx.plan.points.values():
+        missing = [n for n in point.nodes if n not in present]
+        if missing:
+            return f"quantizer node {missing[0]} of {point.tensor} is not in the graph"
+    return None
+
+
+QUANTIZERS_PLACED = Property("quantizers", "insert_quantizers", _no_quantizers)
+
+
+class InsertQuantizers(Pass):
+    name = "insert_quantizers"
+    ensures = (QUANTIZERS_PLACED,)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        if ctx.plan:
+            raise QCompileError("quantizers are already placed; list insert_quantizers once")
+        points = _Planner(graph, ctx).plan()
+        names = ir.GraphNames(graph)
+        for point in points:
+            _apply(graph, point, names)
+        ctx.plan = QuantPlan({p.tensor: p for p in points})
+        shared = sum(1 for members in ctx.plan.groups().values() if len(members) > 1)
+        stats = {"activation_points": len(ctx.plan.activations()), "weight_points": len(ctx.plan.weights()),
+                 "shared_scale_groups": shared}
+        return PassResult(changed=bool(points), stats=stats)
+
+
+@dataclass
+class _Request:
+    """Somebody needs ``tensor`` quantized: a consumer (demand) or its producer (write)."""
+
+    reason: str
+    spec_name: str
+    spec: QuantizerSpec
+    consumers: list[str] = field(default_factory=list)
+
+
+class _Planner:
+    def __init__(self, graph: gs.Graph, ctx: PassContext):
+        self.graph, self.ctx = graph, ctx
+        self.backend: BackendConfig = ctx.backend
+        self.tensors = graph.tensors()
+        self.nodes = list(graph.nodes)
+        self.roles = {node.name: self._role(node) for node in self.nodes}
+        self.unit_output: dict[str, gs.Tensor] = {}
+        self.fused: set[str] = set()
+        self._find_units()
+        self.overrides = self._resolve_overrides()
+        self.demands: dict[str, _Request] = {}
+        self.writes: dict[str, _Request] = {}
+        self.inherits: dict[str, str] = {}  # pass-through output -> the tensor whose quantizer it reuses
+
+    def plan(self) -> list[QuantPoint]:
+        for node in self.nodes:
+            if self._skipped(node):
+                self.ctx.explain(node.name, False, "layer override: skip")
+                continue
+            self._demand_inputs(node)
+            self._write_output(node)
+        for node in reversed(self.nodes):
+            self._pass_through(node)
+        points = self._activation_points() + self._weight_points()
+        self._group_scales({p.tensor: p for p in points})
+        return points
+
+    # roles and units -----------------------------------------------------
+    def _role(self, node: gs.Node) -> str:
+        rule = self.backend.ops.get(node.op)
+        if rule is None or not node.inputs or not _is_float(node.inputs[0]):
+            return "float"
+        if rule.role == "weighted" and (len(node.inputs) < 2 or ir.constant_value(node.inputs[1]) is None):
+            return "float"
+        return rule.role
+
+    def _find_units(self) -> None:
+        for node in self.nodes:
+            if self.roles[node.name] not in UNIT_ROLES:
+                continue
+            out = node.outputs[0]
+            self.unit_output[node.name] = out
+            followers = out.outputs
+            if (len(followers) == 1 and followers[0].op in FUSED_ACTIVATIONS and followers[0].inputs[0] is out
+                    and not ir.is_graph_output(self.graph, out)):
+                self.fused.add(followers[0].name)
+                self.unit_output[node.name] = followers[0].outputs[0]
+
+    # overrides -----------------------------------------------------------
+    def _resolve_overrides(self) -> dict[str, LayerOverride]:
+        weighted = [n.name for n in self.nodes if self.roles[n.name] == "weighted"]
+        positions = {"first_weighted": weighted[:1], "last_weighted": weighted[-1:]}
+        resolved: dict[str, LayerOverride] = {}
+        for layer in self.backend.layers:
+            for node in self.nodes:
+                if _matches(layer, node, positions):
+                    resolved[node.name] = _merge(resolved.get(node.name), layer)
+        return resolved
+
+    def _skipped(self, node: gs.Node) -> bool:
+        override = self.overrides.get(node.name)
+        return override is not None and override.skip
+
+    def _spec(self, node: gs.Node, kind: str) -> tuple[str, QuantizerSpec]:
+        rule = self.backend.ops.get(node.op)
+        override = self.overrides.get(node.name)
+        name = getattr(override, kind, None) or getattr(rule, kind, None) or getattr(self.backend, kind)
+        spec = self.backend.quantizers[name]
+        if override is not None and override.bits is not None and override.bits != spec.bits:
+            spec = dataclasses.replace(spec, bits=override.bits)
+            name = f"{name}@{override.bits}bit"
+        return name, spec
+
+    # demands and writes ----------------------------------------------------
+    def _demand_inputs(self, node: gs.Node) -> None:
+        role = self.roles[node.name]
+        if role == "pass_through":
+            return  # decided from its output's demands, in _pass_through
+        if role == "float":
+            reason = self._why_float(node)
+            if reason:
+                self.ctx.explain(node.name, False, reason)
+            return
+        ports, why = self._demanded_ports(node, role)
+        for port in ports:
+            self._request(self.demands, node.inputs[port], node, why, consumer=node.name)
+        self.ctx.explain(node.name, bool(ports), ("weight and " if role == "weighted" else "") + why)
+
+    def _why_float(self, node: gs.Node) -> str:
+        """Why an op the backend would quantize stays float (empty for ops it never quantizes)."""
+        rule = self.backend.ops.get(node.op)
+        if rule is None or rule.role == "float":
+            return ""
+        if not node.inputs or not _is_float(node.inputs[0]):
+            return "its data input is not float32"
+        return f"{node.op} {node.name} has no constant weight"
+
+    def _demanded_ports(self, node: gs.Node, role: str) -> tuple[list[int], str]:
+        scheme = self.backend.scheme
+        float_ports = [i for i, t in enumerate(node.inputs) if _is_float(t) and ir.constant_value(t) is None]
+        if role == "weighted":
+            return [0], f"activation input of {node.op} {node.name}"
+        if role == "wrapped":
+            return [0], f"{node.op} {node.name} runs in integers as DQ -> op -> Q"
+        if role == "same_scale":
+            return float_ports, f"inputs and output of {node.op} {node.name} share one scale"
+        if role == "eltwise" and scheme == 3:
+            return float_ports, f"every input and the output of {node.op} {node.name} (scheme 3)"
+        if role == "eltwise" and scheme == 2:
+            fused = next((i for i in float_ports if self._from_weighted(node.inputs[i])), None)
+            why = f"skip input of {node.op} {node.name} (scheme 2)"
+            if fused is not None:
+                why += f"; input {node.inputs[fused].name} fuses into its producer"
+            return [i for i in float_ports if i != fused], why
+        if role == "eltwise":
+            return [], f"{node.op} {node.name} stays float in scheme {scheme}"
+        return [], ""
+
+    def _from_weighted(self, tensor: gs.Tensor) -> bool:
+        producer = ir.producer(tensor)
+        return (producer is not None and self.roles.get(producer.name) == "weighted"
+                and len(tensor.outputs) == 1 and not ir.is_graph_output(self.graph, tensor))
+
+    def _write_output(self, node: gs.Node) -> None:
+        role = self.roles[node.name]
+        writes = role in ("same_scale", "wrapped") or (role in ("weighted", "eltwise") and self.backend.scheme == 3)
+        if not writes:
+            return
+        out = self.unit_output[node.name]
+        if not out.outputs:
+            self.ctx.explain(node.name, False, f"output {out.name} is a graph output and stays float")
+            return
+        why = f"output of {node.op} {node.name}" + (" (scheme 3)" if role in ("weighted", "eltwise") else "")
+        self._request(self.writes, out, node, why, consumer=None)
+
+    def _request(self, table: dict[str, _Request], tensor: gs.Tensor, node: gs.Node, why: str,
+                 consumer: str | None) -> None:
+        spec_name, spec = self._spec(node, "activations")
+        request = table.get(tensor.name)
+        if request is None:
+            request = table[tensor.name] = _Request(why, spec_name, spec)
+        elif spec.bits > request.spec.bits:  # two readers want different grids: keep the finer one
+            request.spec_name, request.spec = spec_name, spec
+        if consumer is not None and consumer not in request.consumers:
+            request.consumers.append(consumer)
+
+    def _pass_through(self, node: gs.Node) -> None:
+        if self.roles[node.name] != "pass_through" or node.name in self.fused:
+            return
+        out = node.outputs[0]
+        demand = self.demands.pop(out.name, None)
+        if demand is None:
+            return
+        source = node.inputs[0]
+        self.inherits[out.name] = source.name
+        why = f"input of {node.op} {node.name}, which passes it quantized to {', '.join(demand.consumers)}"
+        self._request(self.demands, source, node, why, consumer=node.name)
+        self.demands[source.name].spec_name, self.demands[source.name].spec = demand.spec_name, demand.spec
+        self.ctx.explain(node.name, True, f"passes the quantized {source.name} through; no new quantizer")
+
+    # quant points ----------------------------------------------------------
+    def _activation_points(self) -> list[QuantPoint]:
+        points = []
+        estimator = self.backend.calibration.activations.estimator
+        for name in self._tensor_order():
+            write, demand = self.writes.get(name), self.demands.get(name)
+            if write is None and demand is None:
+                continue
+            tensor = self.tensors[name]
+            if write is not None:
+                consumers = [n.name for n in tensor.outputs]
+                request = write if demand is None or write.spec.bits >= demand.spec.bits else demand
+                reason = write.reason + (f"; also {demand.reason}" if demand else "")
+            else:
+                consumers, request, reason = list(demand.consumers), demand, demand.reason
+            points.append(QuantPoint(name, "activation", request.spec_name, request.spec, consumers, reason,
+                                     scale_group=name, estimator=estimator))
+        return points
+
+    def _tensor_order(self) -> list[str]:
+        order = [t.name for t in self.graph.inputs]
+        order += [t.name for node in self.nodes for t in node.outputs]
+        return order
+
+    def _weight_points(self) -> list[QuantPoint]:
+        points: dict[str, QuantPoint] = {}
+        estimator = self.backend.calibration.weights.estimator
+        for node in self.nodes:
+            if self.roles[node.name] != "weighted" or self._skipped(node):
+                continue
+            weight = node.inputs[1]
+            if weight.name in points:
+                points[weight.name].consumers.append(node.name)
+                continue
+            spec_name, spec = self._spec(node, "weights")
+            axis = weight_axis(node) if spec.granularity == "per_channel" else None
+            points[weight.name] = QuantPoint(weight.name, "weight", spec_name, spec, [node.name],
+                                             f"weight of {node.op} {node.name}", axis=axis,
+                                             scale_group=weight.name, estimator=estimator)
+        return list(points.values())
+
+    def _group_scales(self, points: dict[str, QuantPoint]) -> None:
+        parent = {name: name for name in points}
+
+        def find(name: str) -> str:
+            while parent[name] != name:
+                parent[name] = parent[parent[name]]
+                name = parent[name]
+            return name
+
+        for node in self.nodes:
+            if self.roles[node.name] != "same_scale" or self._skipped(node):
+                continue
+            tensors = [self.unit_output[node.name], *node.inputs]  # the output first: it names the group
+            members = [m for m in (self._resolve(t.name) for t in tensors) if m in points]
+            for member in members[1:]:
+                parent[find(member)] = find(members[0])
+        for name, point in points.items():
+            point.scale_group = find(name)
+
+    def _resolve(self, name: str) -> str:
+        while name in self.inherits:
+            name = self.inherits[name]
+        return name
+
+
+
+def _matches(layer: LayerOverride, node: gs.Node, positions: dict[str, list[str]]) -> bool:
+    match = layer.match
+    if match.name is not None and not re.search(match.name, node.name):
+        return False
+    if match.op_type is not None and node.op != match.op_type:
+        return False
+    return match.position is None or node.name in positions[match.position]
+
+
+def _merge(base: LayerOverride | None, top: LayerOverride) -> LayerOverride:
+    if base is None:
+        return top
+    return dataclasses.replace(
+        base, skip=base.skip or top.skip, bits=top.bits if top.bits is not None else base.bits,
+        weights=top.weights or base.weights, activations=top.activations or base.activations,
+    )
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    dtype = tensor.values.dtype if isinstance(tensor, gs.Constant) else tensor.dtype
+    return dtype is not None and np.dtype(dtype) == np.float32
+
+
+def weight_axis(node: gs.Node) -> int:
+    """The output-channel axis of a weighted op's weight (BACKENDS.md, TensorRT rules)."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return 1  # MatMul with weight (K, N)
+
+
+def _apply(graph: gs.Graph, point: QuantPoint, names: ir.GraphNames) -> None:
+    source = graph.tensors()[point.tensor]
+    signed = point.spec.signedness != "unsigned"
+    g = grid(point.spec, signed)
+    shape: tuple[int, ...] = ()
+    if point.axis is not None:
+        shape = (ir.constant_value(source).shape[point.axis],)
+    attrs = {"axis": point.axis} if point.axis is not None else {}
+    scale = gs.Constant(names.tensors.fresh(f"{point.tensor}/scale"), np.ones(shape, np.float32))
+    zero_point = gs.Constant(names.tensors.fresh(f"{point.tensor}/zero_point"), np.zeros(shape, g.container))
+    quantized = gs.Variable(names.tensors.fresh(f"{point.tensor}/quantized"), dtype=g.container, shape=source.shape)
+    dequantized = gs.Variable(names.tensors.fresh(f"{point.tensor}/dequantized"), dtype=np.float32, shape=source.shape)
+    quant = gs.Node("QuantizeLinear", names.nodes.fresh(f"{point.tensor}/quant"), dict(attrs),
+                    [source, scale, zero_point], [quantized])
+    dequant = gs.Node("DequantizeLinear", names.nodes.fresh(f"{point.tensor}/dequant"), dict(attrs),
+                      [quantized, scale, zero_point], [dequantized])
+    graph.nodes.extend([quant, dequant])
+    point.nodes = [quant.name, dequant.name]
+    point.scale_tensor, point.zero_point_tensor = scale.name, zero_point.name
+    result = dequantized
+    if point.kind == "activation" and g.narrower_than_container:
+        # ONNX saturates to the container; the backend's grid is narrower (reduce_range, < 8 bits)
+        low = gs.Constant(names.tensors.fresh(f"{point.tensor}/clip_min"), np.zeros((), np.float32))
+        high = gs.Constant(names.tensors.fresh(f"{point.tensor}/clip_max"), np.ones((), np.float32))
+        result = gs.Variable(names.tensors.fresh(f"{point.tensor}/clipped"), dtype=np.float32, shape=source.shape)
+        clip = gs.Node("Clip", names.nodes.fresh(f"{point.tensor}/clip"), {}, [dequantized, low, high], [result])
+        graph.nodes.append(clip)
+        point.nodes.append(clip.name)
+        point.clip_bounds = (low.name, high.name)
+    readers = set(point.consumers)
+    for node in list(source.outputs):
+        if node.name in readers:
+            for index, operand in enumerate(node.inputs):
+                if operand is source:
+                    node.inputs[index] = result

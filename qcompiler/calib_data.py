@@ -1,0 +1,188 @@
+"""Calibration and evaluation data: a repeatable stream of feed dicts.
+
+``--calib`` (and ``--data`` of ``qcompile eval``) takes:
+- a folder of images, read in name order and preprocessed by a
+  ``Preprocess`` spec (flags or a small YAML; by default a plain resize to
+  the model's input size), for single-input image models;
+- an ``.npy`` file, N x input shape, for single-input models (memory-mapped,
+  so it streams);
+- an ``.npz`` file with one array per input name;
+- ``module:function``, a Python callable returning an iterable of feed
+  dicts (input name -> batch array); it is called once per pass over the data.
+Every batch is checked against the model's inputs: rank, static dims, dtype
+and finiteness. A problem is a one-line error naming the sample.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler.errors import QCompileError, UsageError
+from qcompiler.images import Preprocess, list_images, load_batch
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple  # ints for static dims, str/None for dynamic ones
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, tensor: gs.Tensor) -> "InputSpec":
+        return cls(tensor.name, tuple(tensor.shape or ()), np.dtype(tensor.dtype or np.float32))
+
+
+@dataclass
+class CalibrationData:
+    """Samples in a fixed order; ``batches(n)`` streams them, ``head(k)`` keeps a few."""
+
+    description: str
+    count: int | None
+    _batches: Callable[[int], Iterator[Feed]]
+
+    def batches(self, batch_size: int) -> Iterator[Feed]:
+        return self._batches(batch_size)
+
+    def head(self, samples: int) -> Feed:
+        """The first ``samples`` samples as one feed."""
+        parts: list[Feed] = []
+        taken = 0
+        for feed in self.batches(samples):
+            parts.append(feed)
+            taken += len(next(iter(feed.values())))
+            if taken >= samples:
+                break
+        return {name: np.concatenate([p[name] for p in parts])[:samples] for name in parts[0]}
+
+
+def open_data(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None = None,
+              limit: int | None = None) -> CalibrationData:
+    """Open ``source`` (folder, .npy, .npz or module:function) for a model with ``inputs``."""
+    path = Path(source)
+    if path.is_dir():
+        return _image_folder(path, _single_input(inputs, source), preprocess, limit)
+    if path.suffix == ".npy" and path.is_file():
+        return _npy(path, _single_input(inputs, source), limit)
+    if path.suffix == ".npz" and path.is_file():
+        return _npz(path, inputs, limit)
+    if ":" in source and not path.exists():
+        return _callable(source, inputs, limit)
+    raise UsageError(f"--calib {source}: not a folder of images, an .npy or .npz file, or module:function")
+
+
+def _single_input(inputs: Sequence[InputSpec], source: str) -> InputSpec:
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs)
+        raise UsageError(f"{source}: the model has {len(inputs)} inputs ({names}); give an .npz with one array each")
+    return inputs[0]
+
+
+def default_preprocess(spec: InputSpec) -> Preprocess:
+    """A plain resize to the model's input size: correct only for models that take raw 0..255 RGB."""
+    shape = spec.shape
+    if len(shape) == 4 and shape[1] == 3 and all(isinstance(d, int) for d in shape[2:]):
+        return Preprocess(resize=(shape[2], shape[3]))
+    if len(shape) == 4 and shape[3] == 3 and all(isinstance(d, int) for d in shape[1:3]):
+        return Preprocess(resize=(shape[1], shape[2]), layout="NHWC")
+    raise UsageError(f"input {spec.name} has shape {list(shape)}; say how to size images with --resize HxW "
+                     "(and --crop, --mean, --std) or --preprocess FILE.yaml")
+
+
+def _image_folder(folder: Path, spec: InputSpec, preprocess: Preprocess | None, limit: int | None) -> CalibrationData:
+    paths = list_images(folder)[:limit]
+    if not paths:
+        raise UsageError(f"{folder} holds no images (.jpg, .png, ...); give a folder of photos, an .npy or an .npz")
+    preprocess = preprocess or default_preprocess(spec)
+
+    def batches(batch_size: int) -> Iterator[Feed]:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start: start + batch_size]
+            batch = load_batch(chunk, preprocess)
+            yield {spec.name: _checked(batch, spec, f"{chunk[0].name}")}
+
+    return CalibrationData(f"{len(paths)} images from {folder}", len(paths), batches)
+
+
+def _npy(path: Path, spec: InputSpec, limit: int | None) -> CalibrationData:
+    array = _load_array(path, lambda: np.load(path, mmap_mode="r"))
+    array = array[:limit] if limit else array
+    return CalibrationData(f"{len(array)} samples from {path.name}", len(array), _array_batches({spec.name: array}, [spec], path.name))
+
+
+def _npz(path: Path, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationData:
+    archive = _load_array(path, lambda: np.load(path))
+    names = sorted(archive.files)
+    wanted = sorted(i.name for i in inputs)
+    if names != wanted:
+        raise UsageError(f"{path.name} holds arrays {names}; the model's inputs are {wanted}")
+    arrays = {name: archive[name][:limit] if limit else archive[name] for name in names}
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1:
+        raise UsageError(f"{path.name}: the arrays hold different numbers of samples ({sorted(counts)})")
+    return CalibrationData(f"{counts.pop()} samples from {path.name}", len(next(iter(arrays.values()))),
+                           _array_batches(arrays, inputs, path.name))
+
+
+def _load_array(path: Path, load: Callable):
+    try:
+        return load()
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"{path.name} could not be read as a NumPy file ({exc})") from exc
+
+
+def _array_batches(arrays: dict[str, np.ndarray], inputs: Sequence[InputSpec], label: str):
+    count = len(next(iter(arrays.values())))
+
+    def batches(batch_size: int) -> Iterator[Feed]:
+        for start in range(0, count, batch_size):
+            yield {spec.name: _checked(np.asarray(arrays[spec.name][start: start + batch_size]), spec,
+                                       f"{label}[{start}:{start + batch_size}]") for spec in inputs}
+
+    return batches
+
+
+def _callable(source: str, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationData:
+    module_name, _, function_name = source.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--calib {source}: cannot import {function_name} from {module_name} ({exc})") from exc
+
+    def batches(batch_size: int) -> Iterator[Feed]:
+        seen = 0
+        feeds: Iterable[Feed] = function()
+        for index, feed in enumerate(feeds):
+            if limit is not None and seen >= limit:
+                return
+            if not isinstance(feed, dict) or sorted(feed) != sorted(i.name for i in inputs):
+                raise QCompileError(f"{source}: item {index} is not a dict of the model's inputs "
+                                    f"({', '.join(i.name for i in inputs)})")
+            feed = {s.name: _checked(np.asarray(feed[s.name]), s, f"{source} item {index}") for s in inputs}
+            if limit is not None:
+                feed = {name: array[: limit - seen] for name, array in feed.items()}
+            seen += len(next(iter(feed.values())))
+            yield feed
+
+    return CalibrationData(f"feeds from {source}", limit, batches)
+
+
+def _checked(batch: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    if batch.ndim != len(spec.shape):
+        raise QCompileError(f"{where}: a batch of shape {list(batch.shape)} for input {spec.name} of shape "
+                            f"{list(spec.shape)}; give N x {list(spec.shape[1:])}")
+    for axis, (have, want) in enumerate(zip(batch.shape, spec.shape)):
+        if axis > 0 and isinstance(want, int) and have != want:
+            raise QCompileError(f"{where}: shape {list(batch.shape)} does not fit input {spec.name} "
+                                f"of shape {list(spec.shape)} (axis {axis})")
+    if batch.dtype != spec.dtype:
+        raise QCompileError(f"{where}: dtype {batch.dtype}, but input {spec.name} takes {spec.dtype}; convert it")
+    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+        raise QCompileError(f"{where}: holds NaN or Inf values")
+    return batch

@@ -1,0 +1,92 @@
+"""Quantization arithmetic: integer grids and the scale / zero-point rules.
+
+ONNX semantics throughout: ``q = clamp(round_half_even(x / s) + z, qmin, qmax)``
+and ``x_hat = (q - z) * s``. Rules (BACKENDS.md section 3):
+- ranges are widened to contain 0, so that 0 is exactly representable;
+- symmetric: ``s = amax / qmax`` and ``z = 0`` (TensorRT: 127 for int8);
+- asymmetric: ``s = (max - min) / (qmax - qmin)``, ``z = qmin - round(min / s)``;
+- power of two: ``s = 2 ** ceil(log2(s))`` (ceil never clips) or ``round``;
+- reduce_range drops one bit of range (FBGEMM's [0, 127] for uint8);
+- a degenerate range (all zeros) gets ``s = 1``: valid and finite, and every
+  value of such a tensor is 0 anyway.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcompiler.backend import QuantizerSpec
+
+# Scales below this are treated as a degenerate (zero-width) range.
+MIN_SCALE = np.float32(1e-12)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The integer range a quantizer uses, and the ONNX container type that holds it."""
+
+    qmin: int
+    qmax: int
+    signed: bool
+
+    @property
+    def container(self) -> type:
+        return np.int8 if self.signed else np.uint8
+
+    @property
+    def narrower_than_container(self) -> bool:
+        info = np.iinfo(self.container)
+        return self.qmin > info.min or self.qmax < info.max
+
+
+def grid(spec: QuantizerSpec, signed: bool) -> Grid:
+    """The integer grid of ``spec``; ``signed`` resolves adaptive signedness."""
+    if spec.bits > 8:
+        raise ValueError(f"{spec.bits}-bit quantizers need 16-bit containers, which are not supported yet")
+    bits = spec.bits - 1 if spec.reduce_range else spec.bits
+    if signed:
+        qmax = 2 ** (bits - 1) - 1
+        return Grid(-qmax if spec.narrow_range else -qmax - 1, qmax, True)
+    return Grid(0, 2 ** bits - 1, False)
+
+
+def resolve_signed(spec: QuantizerSpec, lo: np.ndarray) -> bool:
+    """Signedness of the grid: adaptive means unsigned when the tensor is never negative."""
+    if spec.signedness == "adaptive":
+        return bool(np.min(lo) < 0)
+    return spec.signedness == "signed"
+
+
+def qparams(lo: np.ndarray, hi: np.ndarray, spec: QuantizerSpec, g: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (grid container dtype) for ranges ``[lo, hi]`` (elementwise)."""
+    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
+    if spec.symmetric:
+        amax = np.maximum(-lo, hi)
+        scale = amax / g.qmax
+        zero_point = np.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (g.qmax - g.qmin)
+        safe = np.where(scale > 0, scale, 1.0)
+        zero_point = np.clip(g.qmin - np.round(lo / safe), g.qmin, g.qmax)
+    scale = np.where(scale >= MIN_SCALE, scale, 1.0)
+    if spec.scale == "power_of_two":
+        exponent = np.log2(scale)
+        scale = np.exp2(np.ceil(exponent) if spec.power_of_two_rounding == "ceil" else np.round(exponent))
+        if not spec.symmetric:  # the zero point follows the rounded scale
+            zero_point = np.clip(g.qmin - np.round(lo / scale), g.qmin, g.qmax)
+    # ufuncs turn 0-d arrays into scalars; callers get arrays
+    return np.asarray(scale, np.float32), np.asarray(zero_point).astype(g.container)
+
+
+def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, g: Grid, axis: int | None = None) -> np.ndarray:
+    """Numpy reference of QuantizeLinear -> DequantizeLinear on grid ``g``."""
+    scale = np.asarray(scale, np.float32)
+    zero_point = np.asarray(zero_point).astype(np.int32)
+    if axis is not None and scale.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    q = np.clip(np.rint(x / scale) + zero_point, g.qmin, g.qmax)
+    return ((q - zero_point) * scale).astype(np.float32)

@@ -1,0 +1,105 @@
+"""The quantization plan: what ONNX cannot hold about the quantizers.
+
+A ``QuantPoint`` is one Q/DQ pair on one tensor: its spec, per-channel axis,
+the nodes that read the quantized value, its scale group and the reason it
+exists; calibration adds its range, grid, scale and zero point. The plan
+lives in the pass context, keyed by tensor name; the graph's Q/DQ nodes and
+initializers follow the derived names below, so passes find them by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import yaml
+
+from qcompiler.backend import QuantizerSpec
+from qcompiler.qmath import Grid, grid, qparams, resolve_signed
+
+QuantKind = Literal["activation", "weight"]
+
+
+@dataclass
+class QuantPoint:
+    tensor: str
+    kind: QuantKind
+    spec_name: str
+    spec: QuantizerSpec
+    consumers: list[str]
+    reason: str
+    axis: int | None = None
+    scale_group: str = ""
+    estimator: str = ""
+    # names of what insert_quantizers adds to the graph (derived from the tensor's)
+    nodes: list[str] = field(default_factory=list)
+    scale_tensor: str = ""
+    zero_point_tensor: str = ""
+    clip_bounds: tuple[str, str] | None = None
+    # set by calibrate (and share_scales)
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    grid: Grid | None = None
+    scale: np.ndarray | None = None
+    zero_point: np.ndarray | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scale is not None
+
+    def set_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Record the calibrated range and derive grid, scale and zero point from the spec."""
+        self.lo, self.hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        self.grid = grid(self.spec, resolve_signed(self.spec, self.lo))
+        self.scale, self.zero_point = qparams(self.lo, self.hi, self.spec, self.grid)
+
+
+def write_qparams(graph: gs.Graph, point: QuantPoint) -> None:
+    """Write ``point``'s scale and zero point (and clip bounds) into the graph's initializers."""
+    tensors = graph.tensors()
+    tensors[point.scale_tensor].values = point.scale
+    tensors[point.zero_point_tensor].values = point.zero_point
+    quant = next(n for n in graph.nodes if n.name == point.nodes[0])
+    quant.outputs[0].dtype = point.grid.container
+    if point.clip_bounds is not None:
+        zero = point.zero_point.astype(np.float32)
+        low, high = point.clip_bounds
+        tensors[low].values = np.asarray((point.grid.qmin - zero) * point.scale, np.float32)
+        tensors[high].values = np.asarray((point.grid.qmax - zero) * point.scale, np.float32)
+
+
+@dataclass
+class QuantPlan:
+    points: dict[str, QuantPoint] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def activations(self) -> list[QuantPoint]:
+        return [p for p in self.points.values() if p.kind == "activation"]
+
+    def weights(self) -> list[QuantPoint]:
+        return [p for p in self.points.values() if p.kind == "weight"]
+
+    def groups(self) -> dict[str, list[QuantPoint]]:
+        groups: dict[str, list[QuantPoint]] = {}
+        for point in self.points.values():
+            groups.setdefault(point.scale_group, []).append(point)
+        return groups
+
+    def to_yaml(self) -> str:
+        """The plan as reviewable YAML (sorted by tensor name), without calibration results."""
+        entries = []
+        for name in sorted(self.points):
+            p = self.points[name]
+            entry = {
+                "tensor": p.tensor, "kind": p.kind, "spec": p.spec_name, "bits": p.spec.bits,
+                "signedness": p.spec.signedness, "symmetric": p.spec.symmetric,
+                "granularity": p.spec.granularity, "scale_form": p.spec.scale,
+            }
+            if p.axis is not None:
+                entry["axis"] = p.axis
+            entry.update({"consumers": sorted(p.consumers), "scale_group": p.scale_group, "reason": p.reason})
+            entries.append(entry)
+        return yaml.safe_dump({"quant_points": entries}, sort_keys=False, width=120)

@@ -1,0 +1,97 @@
+"""What a compile tells its user: qparams.json, report.json, and the eval metrics.
+
+qparams.json lists every quantizer (tensor, scale(s), zero point(s), bits,
+grid, axis, symmetry, estimator, scale group). report.json adds the
+calibrated ranges, per weighted layer the SQNR of its output against float
+on a few calibration samples, and the end-to-end SQNR of every output.
+SQNR = 10 log10(sum(y^2) / sum((y - y_q)^2)), in dB; "inf" when exact.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompiler import runtime
+from qcompiler.quant_plan import QuantPlan, QuantPoint
+
+FORMAT = "qcompiler.qparams/1"
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    reference = np.asarray(reference, np.float64)
+    noise = float(np.sum((reference - np.asarray(actual, np.float64)) ** 2))
+    signal = float(np.sum(reference ** 2))
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def qparams_json(plan: QuantPlan, backend: str) -> str:
+    entries = [_qparams_entry(plan.points[name]) for name in sorted(plan.points)]
+    return _dumps({"format": FORMAT, "backend": backend, "quantizers": entries})
+
+
+def _qparams_entry(p: QuantPoint) -> dict[str, Any]:
+    return {
+        "tensor": p.tensor, "kind": p.kind,
+        "scale": _plain(p.scale), "zero_point": _plain(p.zero_point),
+        "bits": p.spec.bits, "signed": p.grid.signed, "qmin": p.grid.qmin, "qmax": p.grid.qmax,
+        "axis": p.axis, "symmetric": p.spec.symmetric, "narrow_range": p.spec.narrow_range,
+        "reduce_range": p.spec.reduce_range, "scale_form": p.spec.scale,
+        "estimator": p.estimator, "scale_group": p.scale_group, "consumers": sorted(p.consumers),
+    }
+
+
+def layer_outputs(graph: gs.Graph, plan: QuantPlan) -> list[tuple[str, str, str]]:
+    """(node, op, output tensor) of every node whose weight is quantized, in graph order."""
+    weighted = {c for p in plan.weights() for c in p.consumers}
+    return [(n.name, n.op, n.outputs[0].name) for n in graph.nodes if n.name in weighted]
+
+
+def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
+                layers: Sequence[tuple[str, str, str]], feed: dict[str, np.ndarray], samples: int) -> str:
+    outputs = [o.name for o in float_model.graph.output]
+    fetch = outputs + [out for _, _, out in layers if out not in outputs]
+    reference = _fetch(float_model, fetch, feed)
+    quantized = _fetch(quant_model, fetch, feed)
+    report = {
+        "format": "qcompiler.report/1",
+        "backend": backend,
+        "calibration_samples": samples,
+        "report_samples": int(len(next(iter(feed.values())))),
+        "outputs": [{"name": name, "sqnr_db": _db(sqnr_db(reference[name], quantized[name]))} for name in outputs],
+        "layers": [{"node": node, "op": op, "output": out, "sqnr_db": _db(sqnr_db(reference[out], quantized[out]))}
+                   for node, op, out in layers],
+        "quant_points": [{"tensor": p.tensor, "kind": p.kind, "range": [_plain(np.min(p.lo)), _plain(np.max(p.hi))],
+                          "reason": p.reason} for p in (plan.points[k] for k in sorted(plan.points))],
+    }
+    return _dumps(report)
+
+
+def _fetch(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = runtime.session(runtime.with_outputs(model, names))
+    return dict(zip(names, session.run(names, feed)))
+
+
+def _db(value: float) -> float | str:
+    if math.isfinite(value):
+        return round(value, 3)
+    return "inf" if value > 0 else "-inf"
+
+
+def _plain(values: Any) -> Any:
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        converted = [float(v) for v in array.astype(np.float32).reshape(-1)]
+    else:
+        converted = [int(v) for v in array.reshape(-1)]
+    return converted[0] if array.ndim == 0 else converted
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"

@@ -15,6 +15,7 @@ and finiteness. A problem is a one-line error naming the sample.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ import onnx_graphsurgeon as gs
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.images import Preprocess, list_images, load_batch
 
+log = logging.getLogger(__name__)
 Feed = dict[str, np.ndarray]
 
 
@@ -86,6 +88,8 @@ def _single_input(inputs: Sequence[InputSpec], source: str) -> InputSpec:
 
 def default_preprocess(spec: InputSpec) -> Preprocess:
     """A plain resize to the model's input size: correct only for models that take raw 0..255 RGB."""
+    log.warning("no image preprocessing given: images are only resized to the input size, RGB 0..255, "
+                "not normalized; give --preprocess FILE.yaml or --mean/--std if the model expects more")
     shape = spec.shape
     if len(shape) == 4 and shape[1] == 3 and all(isinstance(d, int) for d in shape[2:]):
         return Preprocess(resize=(shape[2], shape[3]))

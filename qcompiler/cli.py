@@ -1,6 +1,7 @@
 """``qcompile``: the command line.
 
-    qcompile MODEL --backend NAME|FILE --out DIR [--dump-dir D] [--set k=v ...]
+    qcompile MODEL --backend NAME|FILE --out DIR --calib DATA [--dump-dir D] [--set k=v ...]
+    qcompile eval FLOAT.onnx QUANT.onnx --data DATA
     qcompile --list-backends | --list-passes | --show-backend NAME
 
 Exit codes: 0 success, 1 the compile failed, 2 a usage error. Errors are one
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import yaml
 
 from qcompiler import __version__, schema
@@ -110,10 +112,26 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def build_eval_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} eval", description="Compare a quantized model with its float self on data.")
+    parser.add_argument("float_model", type=Path, help="the float model")
+    parser.add_argument("quant_model", type=Path, help="the quantized model (e.g. OUT/model.qdq.onnx)")
+    add_data_arguments(parser, "--data", "a folder of images, .npy, .npz or module:function")
+    parser.add_argument("--data-size", type=int, metavar="N", help="use the first N samples")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    verbosity = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"}) + argv.count("--verbose")
+    logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG),
+                        format=f"{PROG}: %(message)s", stream=sys.stderr, force=True)
     try:
+        if argv[:1] == ["eval"]:
+            return _eval(build_eval_parser().parse_args(argv[1:]))
         return _run(build_parser().parse_args(argv))
     except QCompileError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -129,8 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
-                        format=f"{PROG}: %(message)s", stream=sys.stderr)
     if args.list_backends:
         return _list_backends()
     if args.list_passes:
@@ -155,6 +171,37 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_summary(args, result)
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from qcompiler.calib_data import open_data
+    from qcompiler.evaluate import evaluate
+    from qcompiler.importer import load_model
+
+    if args.data is None:
+        raise UsageError(f"give the data to compare on: {PROG} eval FLOAT QUANT --data DIR|FILE.npy|FILE.npz")
+    for path in (args.float_model, args.quant_model):
+        load_model(path)  # a one-line error for a missing or unreadable model
+    graph_inputs = _model_inputs(args.float_model)
+    data = open_data(args.data, graph_inputs, preprocess_from(args), args.data_size)
+    try:
+        result = evaluate(args.float_model, args.quant_model, data, args.batch_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for output in result.outputs:
+        print(output.summary())
+    return 0
+
+
+def _model_inputs(path: Path):
+    from qcompiler.calib_data import InputSpec
+    from qcompiler import runtime
+
+    specs = []
+    for value in runtime.session(path).get_inputs():
+        shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        specs.append(InputSpec(value.name, shape, np.dtype(runtime.numpy_dtype(value.type))))
+    return specs
 
 
 def _print_summary(args: argparse.Namespace, result) -> None:

@@ -15,6 +15,11 @@ _NUMPY_OF_ORT = {
 }
 
 
+def numpy_dtype(ort_type: str) -> type:
+    """The NumPy type of an onnxruntime type string such as 'tensor(float)'."""
+    return _NUMPY_OF_ORT.get(ort_type, np.float32)
+
+
 def session(model: onnx.ModelProto | Path | str, threads: int = 0) -> ort.InferenceSession:
     """A CPU session; ``threads=0`` lets onnxruntime choose."""
     options = ort.SessionOptions()
@@ -36,7 +41,7 @@ def random_feeds(sess: ort.InferenceSession, seed: int = 0, dims: Mapping[str, i
     feeds = {}
     for value in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else (dims or {}).get(str(d), default_dim) for d in value.shape]
-        dtype = _NUMPY_OF_ORT.get(value.type, np.float32)
+        dtype = numpy_dtype(value.type)
         feeds[value.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
 

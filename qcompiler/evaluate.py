@@ -1,0 +1,72 @@
+"""Compare a quantized model with its float self on data: ``qcompile eval``.
+
+Without labels, fidelity is agreement with the float model: for classifier
+outputs ([N, C] logits) top-1 agreement (the same arg-max) and top-5
+agreement (the float top-1 is among the quantized top 5); for every output
+the SQNR in dB over all samples. Both models stream over the same batches;
+only running sums are kept.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qcompiler import runtime
+from qcompiler.calib_data import CalibrationData
+
+
+@dataclass
+class OutputAgreement:
+    name: str
+    samples: int = 0
+    signal: float = 0.0
+    noise: float = 0.0
+    top1: int = 0
+    top5: int = 0
+    classifier: bool = False
+
+    def update(self, reference: np.ndarray, quantized: np.ndarray) -> None:
+        reference = reference.astype(np.float64)
+        self.signal += float(np.sum(reference ** 2))
+        self.noise += float(np.sum((reference - quantized) ** 2))
+        self.samples += len(reference)
+        if reference.ndim == 2 and reference.shape[1] >= 2:
+            self.classifier = True
+            expected = reference.argmax(axis=1)
+            self.top1 += int(np.sum(expected == quantized.argmax(axis=1)))
+            k = min(5, reference.shape[1])
+            top_k = np.argsort(-quantized, axis=1, kind="stable")[:, :k]
+            self.top5 += int(np.sum((top_k == expected[:, None]).any(axis=1)))
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+
+    def summary(self) -> str:
+        text = f"{self.name}: SQNR {self.sqnr_db:.2f} dB"
+        if self.classifier:
+            text += (f", top-1 agreement {100 * self.top1 / self.samples:.1f}%, "
+                     f"top-5 agreement {100 * self.top5 / self.samples:.1f}%")
+        return text + f" ({self.samples} samples)"
+
+
+@dataclass
+class Agreement:
+    outputs: list[OutputAgreement] = field(default_factory=list)
+
+
+def evaluate(float_model: Path, quant_model: Path, data: CalibrationData, batch_size: int = 16) -> Agreement:
+    reference, quantized = runtime.session(float_model), runtime.session(quant_model)
+    names = [o.name for o in reference.get_outputs()]
+    if sorted(names) != sorted(o.name for o in quantized.get_outputs()):
+        raise ValueError(f"the models' outputs differ: {names} vs {[o.name for o in quantized.get_outputs()]}")
+    result = Agreement([OutputAgreement(name) for name in names])
+    for feed in data.batches(batch_size):
+        for meter, r, q in zip(result.outputs, reference.run(names, feed), quantized.run(names, feed)):
+            meter.update(r, q)
+    return result

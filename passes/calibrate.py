@@ -3,10 +3,12 @@
 Before: DQ(Q(x, 1, 0))                  placeholder parameters from insert_quantizers
 After:  DQ(Q(x, s_x, z_x))              s, z from the range estimate and the spec (qmath)
 Activations: the float graph (every quantizer bypassed) runs once over the
-calibration data in onnxruntime, batch by batch, with each quantized tensor
-exposed as an output; an estimator per tensor keeps running statistics
-(minmax, mean_max, percentile), never the activations themselves, so memory
-does not grow with the number of samples. Weights: minmax over each
+calibration data in onnxruntime, batch by batch; an estimator per tensor
+keeps running statistics (minmax, mean_max, percentile), never the
+activations themselves, so memory does not grow with the number of samples.
+Estimators that need only each sample's min and max get them from
+ReduceMin/ReduceMax nodes added to that graph, so the activations never
+leave onnxruntime. Weights: minmax over each
 initializer, per channel where the spec says so. Ranges are widened to
 contain 0; degenerate ranges get a finite, non-zero scale.
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler import ir, runtime
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.estimators import make_estimator, weight_range
+from qcompiler.estimators import Estimator, make_estimator, weight_range
 from qcompiler.pass_base import Pass, PassContext, PassResult, Property
 from qcompiler.passes.insert_quantizers import QUANTIZERS_PLACED
 from qcompiler.quant_plan import QuantPlan, write_qparams
@@ -46,28 +49,26 @@ class Calibrate(Pass):
             raise UsageError(f"weight estimator {backend.calibration.weights.estimator!r} is not implemented yet; "
                              "use minmax")
         samples = self._calibrate_activations(graph, ctx)
+        tensors = graph.tensors()
         for point in ctx.plan.weights():
-            point.set_range(*weight_range(ir.constant_value(graph.tensors()[point.tensor]), point.axis))
-            write_qparams(graph, point)
-        for point in ctx.plan.activations():
-            write_qparams(graph, point)
+            point.set_range(*weight_range(ir.constant_value(tensors[point.tensor]), point.axis))
+        for point in ctx.plan.points.values():
+            write_qparams(tensors, point)
         return PassResult(changed=True, stats={"samples": samples, "activation_points": len(ctx.plan.activations()),
                                                "weight_points": len(ctx.plan.weights())})
 
     def _calibrate_activations(self, graph: gs.Graph, ctx: PassContext) -> int:
         points = ctx.plan.activations()
-        config = ctx.backend.calibration
-        estimators = {p.tensor: make_estimator(config.activations) for p in points}
         if not points:
             return 0
-        session = runtime.session(float_observer(graph, ctx.plan))
-        names = [p.tensor for p in points]
+        config = ctx.backend.calibration
+        estimators = {p.tensor: make_estimator(config.activations) for p in points}
+        observer = Observer(graph, ctx.plan, estimators)
         data = ctx.calibration_data
         total = math.ceil(data.count / config.batch_size) if data.count else None
         samples = 0
         for feed in ctx.progress(data.batches(config.batch_size), total, "calibrate"):
-            for name, values in zip(names, session.run(names, feed)):
-                estimators[name].update(values)
+            observer.observe(feed)
             samples += len(next(iter(feed.values())))
         if samples == 0:
             raise QCompileError("the calibration data holds no samples")
@@ -76,8 +77,46 @@ class Calibrate(Pass):
         return samples
 
 
-def float_observer(graph: gs.Graph, plan: QuantPlan):
-    """The float model (every quantizer bypassed) with each activation quant point as an output."""
+class Observer:
+    """The float graph, every quantizer bypassed, that feeds each activation's estimator.
+
+    For an estimator that needs only per-sample extrema, ReduceMin/ReduceMax
+    run inside onnxruntime and only N numbers per tensor come back; the
+    others receive the whole tensor.
+    """
+
+    def __init__(self, graph: gs.Graph, plan: QuantPlan, estimators: dict[str, Estimator]):
+        view = _bypass_quantizers(graph, plan)
+        tensors = view.tensors()
+        self.extrema: dict[str, tuple[str | None, str]] = {}
+        self.whole: list[str] = []
+        outputs: list[gs.Tensor] = []
+        for name, estimator in estimators.items():
+            tensor = tensors[name]
+            if estimator.uses_sample_extrema and tensor.shape is not None and len(tensor.shape) >= 2:
+                reductions = _add_sample_reductions(view, tensor, with_min=not _non_negative(tensor))
+                self.extrema[name] = (reductions[0].name if len(reductions) == 2 else None, reductions[-1].name)
+                outputs += reductions
+            else:
+                self.whole.append(name)
+                outputs.append(tensor)
+        existing = {t.name for t in view.outputs}
+        view.outputs += [t for t in outputs if t.name not in existing]
+        self.fetch = [t.name for t in outputs]
+        self.estimators = estimators
+        self.session = runtime.session(ir.to_model(view), memory_pattern=False)
+
+    def observe(self, feed: dict[str, np.ndarray]) -> None:
+        values = dict(zip(self.fetch, self.session.run(self.fetch, feed)))
+        for name in self.whole:
+            self.estimators[name].update(values[name])
+        for name, (low, high) in self.extrema.items():
+            # a non-negative tensor's minimum is irrelevant: every range is widened to contain 0
+            sample_min = values[low] if low is not None else np.zeros_like(values[high])
+            self.estimators[name].update_extrema(sample_min, values[high])
+
+
+def _bypass_quantizers(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     view = graph.copy()
     tensors = view.tensors()
     by_name = {node.name: node for node in view.nodes}
@@ -89,6 +128,38 @@ def float_observer(graph: gs.Graph, plan: QuantPlan):
                 if operand is last:
                     consumer.inputs[index] = source
     view.cleanup(remove_unused_graph_inputs=False)
-    existing = {t.name for t in view.outputs}
-    view.outputs += [tensors[p.tensor] for p in plan.activations() if p.tensor not in existing]
-    return ir.to_model(view)
+    return view
+
+
+def _non_negative(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is a Relu output or a Clip output with a constant lower bound >= 0."""
+    producer = ir.producer(tensor)
+    if producer is None:
+        return False
+    if producer.op == "Relu":
+        return True
+    if producer.op == "Clip" and len(producer.inputs) > 1 and producer.inputs[1].name:
+        low = ir.constant_value(producer.inputs[1])
+        return low is not None and float(low) >= 0.0
+    return False
+
+
+def _add_sample_reductions(view: gs.Graph, tensor: gs.Tensor, with_min: bool) -> list[gs.Variable]:
+    """Per-sample ReduceMax (and ReduceMin) of ``tensor``, placed right after its producer."""
+    axes = list(range(1, len(tensor.shape)))
+    outputs = []
+    wanted = (("ReduceMin", "sample_min"),) if with_min else ()
+    for op, suffix in wanted + (("ReduceMax", "sample_max"),):
+        out = gs.Variable(f"{tensor.name}/{suffix}", dtype=np.float32, shape=[tensor.shape[0]])
+        if view.opset >= 18:  # axes became an input in opset 18
+            axes_input = gs.Constant(f"{tensor.name}/{suffix}_axes", np.asarray(axes, np.int64))
+            node = gs.Node(op, f"{tensor.name}/{suffix}", {"keepdims": 0}, [tensor, axes_input], [out])
+        else:
+            node = gs.Node(op, f"{tensor.name}/{suffix}", {"keepdims": 0, "axes": axes}, [tensor], [out])
+        # onnxruntime runs nodes in list order where it can: a reduction right
+        # after its producer lets the activation be freed at once, instead of
+        # every activation of the batch living until the end
+        producer = tensor.inputs[0] if tensor.inputs else None
+        view.nodes.insert(view.nodes.index(producer) + 1 if producer is not None else 0, node)
+        outputs.append(out)
+    return outputs

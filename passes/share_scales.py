@@ -29,29 +29,26 @@ class ShareScales(Pass):
             if len(members) < 2:
                 continue
             leader = next((m for m in members if m.tensor == group), members[0])
-            _share(graph, leader, members)
+            _share(graph.tensors(), leader, members)
             ctx.explain(group, True, f"{len(members)} quantizers share one scale: "
                         + ", ".join(sorted(m.tensor for m in members)))
             shared += 1
         return PassResult(changed=shared > 0, stats={"groups": shared})
 
 
-def _share(graph: gs.Graph, leader: QuantPoint, members: list[QuantPoint]) -> None:
+def _share(tensors: dict[str, gs.Tensor], leader: QuantPoint, members: list[QuantPoint]) -> None:
     lo = np.min([np.min(m.lo) for m in members])
     hi = np.max([np.max(m.hi) for m in members])
     leader.set_range(lo, hi)
-    write_qparams(graph, leader)
-    tensors = graph.tensors()
+    write_qparams(tensors, leader)
     scale, zero_point = tensors[leader.scale_tensor], tensors[leader.zero_point_tensor]
-    by_name = {node.name: node for node in graph.nodes}
     for member in members:
         if member is leader:
             continue
         member.spec, member.spec_name = leader.spec, leader.spec_name
         member.lo, member.hi = np.asarray(lo), np.asarray(hi)
         member.grid, member.scale, member.zero_point = leader.grid, leader.scale, leader.zero_point
-        for node_name in member.nodes[:2]:  # the Q and the DQ
-            node = by_name[node_name]
+        for node in list(tensors[member.scale_tensor].outputs):  # its Q and DQ
             node.inputs[1], node.inputs[2] = scale, zero_point
         member.scale_tensor, member.zero_point_tensor = leader.scale_tensor, leader.zero_point_tensor
-        write_qparams(graph, member)  # its Q output dtype and clip bounds follow the shared grid
+        write_qparams(tensors, member)  # its Q output dtype and clip bounds follow the shared grid

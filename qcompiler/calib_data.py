@@ -115,9 +115,38 @@ def _image_folder(folder: Path, spec: InputSpec, preprocess: Preprocess | None, 
 
 
 def _npy(path: Path, spec: InputSpec, limit: int | None) -> CalibrationData:
-    array = _load_array(path, lambda: np.load(path, mmap_mode="r"))
-    array = array[:limit] if limit else array
-    return CalibrationData(f"{len(array)} samples from {path.name}", len(array), _array_batches({spec.name: array}, [spec], path.name))
+    shape, dtype, offset = _npy_header(path)
+    count = min(shape[0], limit) if limit else shape[0] if shape else 0
+    sample = shape[1:]
+    sample_bytes = int(np.prod(sample, dtype=np.int64)) * dtype.itemsize
+
+    def batches(batch_size: int) -> Iterator[Feed]:
+        # read each batch from the file: neither the array nor its pages stay in memory
+        with path.open("rb") as f:
+            for start in range(0, count, batch_size):
+                rows = min(batch_size, count - start)
+                f.seek(offset + start * sample_bytes)
+                batch = np.fromfile(f, dtype, rows * sample_bytes // dtype.itemsize).reshape((rows, *sample))
+                yield {spec.name: _checked(batch, spec, f"{path.name}[{start}:{start + rows}]")}
+
+    return CalibrationData(f"{count} samples from {path.name}", count, batches)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"format version {version} is not supported")
+            shape, fortran_order, dtype = read_header(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"{path.name} could not be read as a NumPy file ({exc})") from exc
+    if fortran_order or dtype.hasobject:
+        raise UsageError(f"{path.name}: save the array C-ordered and numeric (np.save(path, np.ascontiguousarray(a)))")
+    return shape, dtype, offset
 
 
 def _npz(path: Path, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationData:

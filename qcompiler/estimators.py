@@ -16,9 +16,20 @@ from qcompiler.errors import UsageError
 
 
 class Estimator:
-    """Base: ``update(batch)`` with axis 0 the sample axis; ``range()`` at the end."""
+    """Base: ``update(batch)`` with axis 0 the sample axis; ``range()`` at the end.
+
+    An estimator that needs only each sample's min and max sets
+    ``uses_sample_extrema`` and implements ``update_extrema``; the calibrator
+    then reduces in onnxruntime and never copies the activations out.
+    """
+
+    uses_sample_extrema = False
 
     def update(self, batch: np.ndarray) -> None:
+        per_sample = batch.reshape(batch.shape[0], -1)
+        self.update_extrema(per_sample.min(axis=1), per_sample.max(axis=1))
+
+    def update_extrema(self, sample_min: np.ndarray, sample_max: np.ndarray) -> None:
         raise NotImplementedError
 
     def range(self) -> tuple[float, float]:
@@ -28,12 +39,14 @@ class Estimator:
 class MinMax(Estimator):
     """The smallest and largest value seen."""
 
+    uses_sample_extrema = True
+
     def __init__(self, config: EstimatorConfig):
         self.lo, self.hi = np.inf, -np.inf
 
-    def update(self, batch: np.ndarray) -> None:
-        self.lo = min(self.lo, float(batch.min()))
-        self.hi = max(self.hi, float(batch.max()))
+    def update_extrema(self, sample_min: np.ndarray, sample_max: np.ndarray) -> None:
+        self.lo = min(self.lo, float(np.min(sample_min)))
+        self.hi = max(self.hi, float(np.max(sample_max)))
 
     def range(self) -> tuple[float, float]:
         return (self.lo, self.hi) if self.lo <= self.hi else (0.0, 0.0)
@@ -42,15 +55,16 @@ class MinMax(Estimator):
 class MeanMax(Estimator):
     """Mean over samples of each sample's min and max (OpenVINO's default)."""
 
+    uses_sample_extrema = True
+
     def __init__(self, config: EstimatorConfig):
         self.lo_sum = self.hi_sum = 0.0
         self.count = 0
 
-    def update(self, batch: np.ndarray) -> None:
-        per_sample = batch.reshape(batch.shape[0], -1)
-        self.lo_sum += float(per_sample.min(axis=1).astype(np.float64).sum())
-        self.hi_sum += float(per_sample.max(axis=1).astype(np.float64).sum())
-        self.count += per_sample.shape[0]
+    def update_extrema(self, sample_min: np.ndarray, sample_max: np.ndarray) -> None:
+        self.lo_sum += float(np.sum(sample_min, dtype=np.float64))
+        self.hi_sum += float(np.sum(sample_max, dtype=np.float64))
+        self.count += len(sample_min)
 
     def range(self) -> tuple[float, float]:
         return (self.lo_sum / self.count, self.hi_sum / self.count) if self.count else (0.0, 0.0)

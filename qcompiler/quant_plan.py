@@ -55,13 +55,17 @@ class QuantPoint:
         self.scale, self.zero_point = qparams(self.lo, self.hi, self.spec, self.grid)
 
 
-def write_qparams(graph: gs.Graph, point: QuantPoint) -> None:
-    """Write ``point``'s scale and zero point (and clip bounds) into the graph's initializers."""
-    tensors = graph.tensors()
+def write_qparams(tensors: dict[str, gs.Tensor], point: QuantPoint) -> None:
+    """Write ``point``'s scale and zero point (and clip bounds) into the graph's initializers.
+
+    ``tensors`` is ``graph.tensors()``, taken once by the caller for all points.
+    """
     tensors[point.scale_tensor].values = point.scale
     tensors[point.zero_point_tensor].values = point.zero_point
-    quant = next(n for n in graph.nodes if n.name == point.nodes[0])
-    quant.outputs[0].dtype = point.grid.container
+    quant = tensors[point.scale_tensor].outputs
+    for node in quant:  # the Q node's output carries the container type
+        if node.op == "QuantizeLinear":
+            node.outputs[0].dtype = point.grid.container
     if point.clip_bounds is not None:
         zero = point.zero_point.astype(np.float32)
         low, high = point.clip_bounds

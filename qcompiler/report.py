@@ -74,7 +74,7 @@ def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, qua
 
 
 def _fetch(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = runtime.session(runtime.with_outputs(model, names))
+    session = runtime.session(runtime.with_outputs(model, names), memory_pattern=False)
     return dict(zip(names, session.run(names, feed)))
 
 

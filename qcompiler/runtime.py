@@ -20,10 +20,16 @@ def numpy_dtype(ort_type: str) -> type:
     return _NUMPY_OF_ORT.get(ort_type, np.float32)
 
 
-def session(model: onnx.ModelProto | Path | str, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session; ``threads=0`` lets onnxruntime choose."""
+def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_pattern: bool = True) -> ort.InferenceSession:
+    """A CPU session; ``threads=0`` lets onnxruntime choose.
+
+    ``memory_pattern=False`` suits models that return many intermediate
+    tensors (calibration, reports): there onnxruntime's memory-pattern
+    planning costs more than it saves (MobileNetV2 observer: 1.8 s -> 0.8 s).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.enable_mem_pattern = memory_pattern
     options.log_severity_level = 3
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

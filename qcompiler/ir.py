@@ -42,16 +42,8 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
-def is_constant(tensor: gs.Tensor) -> bool:
-    return constant_value(tensor) is not None
-
-
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if tensor.inputs else None
-
-
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
 
 
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
@@ -92,8 +84,3 @@ class GraphNames:
     def __init__(self, graph: gs.Graph):
         self.nodes = NameScope.for_nodes(graph)
         self.tensors = NameScope.for_tensors(graph)
-
-
-def nodes_of(graph: gs.Graph, op_types: Iterable[str]) -> list[gs.Node]:
-    wanted = set(op_types)
-    return [node for node in graph.nodes if node.op in wanted]

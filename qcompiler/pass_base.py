@@ -7,7 +7,6 @@ node through ``ctx.explain``. Its contracts are code: each ``Property`` in
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
@@ -93,7 +92,3 @@ class Pass:
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError
-
-
-def option_names(pass_cls: type[Pass]) -> list[str]:
-    return [f.name for f in dataclasses.fields(pass_cls.Options)]

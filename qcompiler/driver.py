@@ -57,9 +57,12 @@ class CompileResult:
 
 
 def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -> CompileResult:
-    """Run the backend's pipeline on the model and write DIR/model.onnx and DIR/pipeline.txt.
+    """Run the backend's pipeline on the model and write the outputs atomically.
 
-    QIR printed by --print-after* goes to ``print_stream`` (stderr by default).
+    DIR/model.onnx is the float model after the last float stage, and once the
+    quantizers are calibrated DIR/model.qdq.onnx, qparams.json and report.json
+    follow; DIR/pipeline.txt always. QIR printed by --print-after* goes to
+    ``print_stream`` (stderr by default).
     """
     print_stream = print_stream or sys.stderr
     backend = load_backend(request.backend, request.overrides)
@@ -67,8 +70,9 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     for flag, names in (("--print-after", request.print_after), ("--explain", request.explain)):
         for name in names:
             require_in_pipeline(flag, name, pipeline_names)
+    float_keeper = _FloatModelKeeper()
     manager = PassManager(
-        backend.pipeline, registry(), _instruments(request, backend, print_stream),
+        backend.pipeline, registry(), [*_instruments(request, backend, print_stream), float_keeper],
         stop_after=request.stop_after, disabled=request.disable,
     )
     require_model_file(request.model)
@@ -86,8 +90,6 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     ctx = PassContext(backend=backend, calibration_data=_calibration_data(request, backend, graph))
     if request.progress:
         ctx.progress = _progress_bar
-    float_keeper = _FloatModelKeeper()
-    manager.instruments.append(float_keeper)
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
     outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records)

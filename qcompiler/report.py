@@ -23,9 +23,10 @@ FORMAT = "qcompiler.qparams/1"
 
 
 def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    reference = np.asarray(reference, np.float64)
-    noise = float(np.sum((reference - np.asarray(actual, np.float64)) ** 2))
-    signal = float(np.sum(reference ** 2))
+    reference = np.asarray(reference, np.float32)
+    # float32 differences and squares, summed in float64: no float64 copy of the tensors
+    noise = float(np.sum(np.square(reference - np.asarray(actual, np.float32)), dtype=np.float64))
+    signal = float(np.sum(np.square(reference), dtype=np.float64))
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf

@@ -121,12 +121,7 @@ def _bypass_quantizers(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     tensors = view.tensors()
     by_name = {node.name: node for node in view.nodes}
     for point in plan.points.values():
-        source = tensors[point.tensor]
-        last = by_name[point.nodes[-1]].outputs[0]
-        for consumer in list(last.outputs):
-            for index, operand in enumerate(consumer.inputs):
-                if operand is last:
-                    consumer.inputs[index] = source
+        ir.replace_uses(by_name[point.nodes[-1]].outputs[0], tensors[point.tensor])
     view.cleanup(remove_unused_graph_inputs=False)
     return view
 

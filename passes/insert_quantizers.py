@@ -374,9 +374,4 @@ def _apply(graph: gs.Graph, point: QuantPoint, names: ir.GraphNames) -> None:
         graph.nodes.append(clip)
         point.nodes.append(clip.name)
         point.clip_bounds = (low.name, high.name)
-    readers = set(point.consumers)
-    for node in list(source.outputs):
-        if node.name in readers:
-            for index, operand in enumerate(node.inputs):
-                if operand is source:
-                    node.inputs[index] = result
+    ir.replace_uses(source, result, readers=point.consumers)

@@ -188,24 +188,16 @@ def _bypass(graph: gs.Graph, node: gs.Node) -> bool:
             return False
         node.inputs.clear()
         node.outputs.clear()
-        for consumer in list(target.outputs):
-            _replace_input(consumer, target, source)
+        ir.replace_uses(target, source)
         graph.outputs = [source if out is target else out for out in graph.outputs]
         source.name = target.name
         source.dtype = source.dtype or target.dtype
         source.shape = source.shape if source.shape is not None else target.shape
         return True
-    for consumer in list(target.outputs):
-        _replace_input(consumer, target, source)
+    ir.replace_uses(target, source)
     node.inputs.clear()
     node.outputs.clear()
     return True
-
-
-def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for index, tensor in enumerate(node.inputs):
-        if tensor is old:
-            node.inputs[index] = new
 
 
 def _fold_constants(graph: gs.Graph) -> int:

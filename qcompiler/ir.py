@@ -50,6 +50,17 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(out is tensor for out in graph.outputs)
 
 
+def replace_uses(old: gs.Tensor, new: gs.Tensor, readers: Iterable[str] | None = None) -> None:
+    """Make the consumers of ``old`` (only the nodes named in ``readers``, if given) read ``new``."""
+    wanted = set(readers) if readers is not None else None
+    for node in list(old.outputs):
+        if wanted is not None and node.name not in wanted:
+            continue
+        for index, operand in enumerate(node.inputs):
+            if operand is old:
+                node.inputs[index] = new
+
+
 class NameScope:
     """Hands out names derived from existing ones, in one namespace.
 

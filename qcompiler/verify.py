@@ -52,10 +52,7 @@ def skeleton_model(graph: gs.Graph) -> onnx.ModelProto:
     for tensor in list(view.tensors().values()):
         if isinstance(tensor, gs.Constant) and _nbytes(tensor) >= SKELETON_MIN_BYTES:
             stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            for consumer in list(tensor.outputs):
-                for index, operand in enumerate(consumer.inputs):
-                    if operand is tensor:
-                        consumer.inputs[index] = stand_in
+            ir.replace_uses(tensor, stand_in)
             view.inputs.append(stand_in)
     return ir.to_model(view)
 

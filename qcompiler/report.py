@@ -23,10 +23,9 @@ FORMAT = "qcompiler.qparams/1"
 
 
 def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    reference = np.asarray(reference, np.float32)
-    # float32 differences and squares, summed in float64: no float64 copy of the tensors
-    noise = float(np.sum(np.square(reference - np.asarray(actual, np.float32)), dtype=np.float64))
-    signal = float(np.sum(np.square(reference), dtype=np.float64))
+    reference = np.asarray(reference, np.float32).ravel()
+    difference = reference - np.asarray(actual, np.float32).ravel()
+    noise, signal = float(np.dot(difference, difference)), float(np.dot(reference, reference))
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf

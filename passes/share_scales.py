@@ -25,11 +25,12 @@ class ShareScales(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         shared = 0
+        tensors = graph.tensors()
         for group, members in sorted(ctx.plan.groups().items()):
             if len(members) < 2:
                 continue
             leader = next((m for m in members if m.tensor == group), members[0])
-            _share(graph.tensors(), leader, members)
+            _share(tensors, leader, members)
             ctx.explain(group, True, f"{len(members)} quantizers share one scale: "
                         + ", ".join(sorted(m.tensor for m in members)))
             shared += 1

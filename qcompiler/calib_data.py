@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from qcompiler.errors import QCompileError, UsageError
@@ -39,6 +40,20 @@ class InputSpec:
     @classmethod
     def of(cls, tensor: gs.Tensor) -> "InputSpec":
         return cls(tensor.name, tuple(tensor.shape or ()), np.dtype(tensor.dtype or np.float32))
+
+    @classmethod
+    def of_model(cls, model: onnx.ModelProto) -> list["InputSpec"]:
+        """The real inputs of ``model`` (initializers listed as inputs excluded)."""
+        initializers = {i.name for i in model.graph.initializer}
+        specs = []
+        for value in model.graph.input:
+            if value.name in initializers:
+                continue
+            tensor_type = value.type.tensor_type
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                          for d in tensor_type.shape.dim)
+            specs.append(cls(value.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))))
+        return specs
 
 
 @dataclass

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import yaml
 
 from qcompiler import __version__, schema
@@ -119,6 +118,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser, "--data", "a folder of images, .npy, .npz or module:function")
     parser.add_argument("--data-size", type=int, metavar="N", help="use the first N samples")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     return parser
 
@@ -126,13 +126,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    verbosity = sum(a.count("v") for a in argv if a.startswith("-v") and set(a[1:]) == {"v"}) + argv.count("--verbose")
-    logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG),
-                        format=f"{PROG}: %(message)s", stream=sys.stderr, force=True)
     try:
         if argv[:1] == ["eval"]:
-            return _eval(build_eval_parser().parse_args(argv[1:]))
-        return _run(build_parser().parse_args(argv))
+            return _eval(_parsed(build_eval_parser(), argv[1:]))
+        return _run(_parsed(build_parser(), argv))
     except QCompileError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -144,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug)", file=sys.stderr)
         return 1
+
+
+def _parsed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` and set up logging from its -v count."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
+                        format=f"{PROG}: %(message)s", stream=sys.stderr, force=True)
+    return args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -174,34 +179,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from qcompiler.calib_data import open_data
+    from qcompiler.calib_data import InputSpec, open_data
     from qcompiler.evaluate import evaluate
     from qcompiler.importer import load_model
 
     if args.data is None:
         raise UsageError(f"give the data to compare on: {PROG} eval FLOAT QUANT --data DIR|FILE.npy|FILE.npz")
-    for path in (args.float_model, args.quant_model):
-        load_model(path)  # a one-line error for a missing or unreadable model
-    graph_inputs = _model_inputs(args.float_model)
-    data = open_data(args.data, graph_inputs, preprocess_from(args), args.data_size)
+    float_model, quant_model = load_model(args.float_model), load_model(args.quant_model)
+    data = open_data(args.data, InputSpec.of_model(float_model), preprocess_from(args), args.data_size)
     try:
-        result = evaluate(args.float_model, args.quant_model, data, args.batch_size)
+        result = evaluate(float_model, quant_model, data, args.batch_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for output in result.outputs:
         print(output.summary())
     return 0
-
-
-def _model_inputs(path: Path):
-    from qcompiler.calib_data import InputSpec
-    from qcompiler import runtime
-
-    specs = []
-    for value in runtime.session(path).get_inputs():
-        shape = tuple(d if isinstance(d, int) else None for d in value.shape)
-        specs.append(InputSpec(value.name, shape, np.dtype(runtime.numpy_dtype(value.type))))
-    return specs
 
 
 def _print_summary(args: argparse.Namespace, result) -> None:

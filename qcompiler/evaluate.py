@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from qcompiler import runtime
 from qcompiler.calib_data import CalibrationData
@@ -60,7 +61,8 @@ class Agreement:
     outputs: list[OutputAgreement] = field(default_factory=list)
 
 
-def evaluate(float_model: Path, quant_model: Path, data: CalibrationData, batch_size: int = 16) -> Agreement:
+def evaluate(float_model: onnx.ModelProto | Path, quant_model: onnx.ModelProto | Path, data: CalibrationData,
+             batch_size: int = 16) -> Agreement:
     reference, quantized = runtime.session(float_model), runtime.session(quant_model)
     names = [o.name for o in reference.get_outputs()]
     if sorted(names) != sorted(o.name for o in quantized.get_outputs()):

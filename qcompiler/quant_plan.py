@@ -3,8 +3,9 @@
 A ``QuantPoint`` is one Q/DQ pair on one tensor: its spec, per-channel axis,
 the nodes that read the quantized value, its scale group and the reason it
 exists; calibration adds its range, grid, scale and zero point. The plan
-lives in the pass context, keyed by tensor name; the graph's Q/DQ nodes and
-initializers follow the derived names below, so passes find them by name.
+lives in the pass context, keyed by tensor name, and records the names of
+the Q/DQ nodes and initializers insert_quantizers added, so later passes
+find them in the graph.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from qcompiler.verify import check_model
 
 
 # how many calibration samples report.json compares float and quantized on
-REPORT_SAMPLES = 8
+REPORT_SAMPLES = 4
 
 
 @dataclass

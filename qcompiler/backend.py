@@ -108,6 +108,18 @@ class PipelineEntry:
 
 
 @dataclass(frozen=True)
+class EmitEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_scalar(cls, value: Any, path: str) -> dict:
+        if isinstance(value, str):
+            return {"name": value}
+        raise SchemaError(f"{path}: expected an emitter name or {{name: ..., options: ...}}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     name: str
     description: str = ""
@@ -120,7 +132,7 @@ class BackendConfig:
     layers: list[LayerOverride] = field(default_factory=list)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     pipeline: list[PipelineEntry] = field(default_factory=list)
-    emit: list[str] = field(default_factory=list)
+    emit: list[EmitEntry] = field(default_factory=list)
 
 
 def shipped_backends() -> list[str]:
@@ -158,7 +170,7 @@ def _without_nulls(data: Any) -> Any:
 
 def validate(config: BackendConfig) -> None:
     """Cross-field checks the types alone cannot express."""
-    from qcompiler.emitters import emitter_registry
+    from qcompiler.emitters import emitter_options, emitter_registry
     from qcompiler.passes import registry
 
     for spec_name, spec in config.quantizers.items():
@@ -178,11 +190,12 @@ def validate(config: BackendConfig) -> None:
             )
         schema.build(known_passes[entry.name].Options, entry.options, f"pipeline[{index}].options")
     known_emitters = emitter_registry()
-    for index, name in enumerate(config.emit):
-        if name not in known_emitters:
+    for index, entry in enumerate(config.emit):
+        if entry.name not in known_emitters:
             raise SchemaError(
-                f"emit[{index}]: unknown emitter {name!r}; known emitters: {', '.join(known_emitters) or 'none yet'}"
+                f"emit[{index}]: unknown emitter {entry.name!r}; known emitters: {', '.join(known_emitters)}"
             )
+        emitter_options(entry.name, entry.options, {}, f"emit[{index}].options")
 
 
 def _validate_spec(spec: QuantizerSpec, path: str) -> None:

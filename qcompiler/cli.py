@@ -2,6 +2,7 @@
 
     qcompile MODEL --backend NAME|FILE --out DIR --calib DATA [--dump-dir D] [--set k=v ...]
     qcompile eval FLOAT.onnx QUANT.onnx --data DATA
+    qcompile check --backend NAME MODEL.onnx
     qcompile --list-backends | --list-passes | --show-backend NAME
 
 Exit codes: 0 success, 1 the compile failed, 2 a usage error. Errors are one
@@ -20,6 +21,7 @@ import yaml
 from qcompiler import __version__, schema
 from qcompiler.backend import load_backend, resolved_yaml, shipped_backends
 from qcompiler.driver import CompileRequest, compile_model
+from qcompiler.emitters import checkers
 from qcompiler.errors import QCompileError, UsageError, first_line
 from qcompiler.images import Preprocess
 from qcompiler.pass_manager import format_stats
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a backend field, e.g. --set quantizers.weight.bits=4")
     add_data_arguments(parser, "--calib", "calibration data: a folder of images, .npy, .npz or module:function")
     parser.add_argument("--calib-size", type=int, metavar="N", help="use the first N calibration samples")
+    files = parser.add_argument_group("backend files")
+    files.add_argument("--trt-version", metavar="X.Y.Z", help="TensorRT version the calibration.cache header names "
+                       "(default: the latest 10.x)")
+    files.add_argument("--encodings-version", choices=["0.6.1", "1.0.0", "2.0.0"],
+                       help="layout of SNPE/QNN model.encodings (default 0.6.1)")
     debug = parser.add_argument_group("seeing inside")
     debug.add_argument("--dump-dir", type=Path, help="write NNN_<pass>.qir/.onnx per stage and pipeline files")
     debug.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the QIR after PASS")
@@ -123,12 +130,23 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} check", description="List every rule of a backend that a Q/DQ model breaks.")
+    parser.add_argument("model", type=Path, help="the Q/DQ ONNX model")
+    parser.add_argument("-b", "--backend", required=True, help="a backend with a checker: " + ", ".join(checkers()))
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         if argv[:1] == ["eval"]:
             return _eval(_parsed(build_eval_parser(), argv[1:]))
+        if argv[:1] == ["check"]:
+            return _check(_parsed(build_check_parser(), argv[1:]))
         return _run(_parsed(build_parser(), argv))
     except QCompileError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -169,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
         explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
         progress=not args.quiet,
+        emit_flags={"trt_version": args.trt_version, "encodings_version": args.encodings_version},
     ))
     for pass_name in args.explain:
         for explanation in result.ctx.explanations_of(pass_name):
@@ -194,6 +213,18 @@ def _eval(args: argparse.Namespace) -> int:
     for output in result.outputs:
         print(output.summary())
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when the model keeps every rule, 1 when it breaks one."""
+    from qcompiler.importer import load_model
+
+    known = checkers()
+    if args.backend not in known:
+        raise UsageError(f"--backend {args.backend}: no checker; backends with one: {', '.join(known)}")
+    report = known[args.backend].check(load_model(args.model))
+    print(report.text(args.backend), end="")
+    return 1 if report.violations else 0
 
 
 def _print_summary(args: argparse.Namespace, result) -> None:

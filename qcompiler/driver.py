@@ -5,13 +5,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import onnx_graphsurgeon as gs
 
 from qcompiler import ir
 from qcompiler.backend import BackendConfig, load_backend
 from qcompiler.calib_data import CalibrationData, InputSpec, open_data
+from qcompiler.emitters import Compiled, emit_all, require_flags_used
 from qcompiler.errors import UsageError
 from qcompiler.fileio import check_output_dir, staged_output_dir, write_atomic
 from qcompiler.images import Preprocess
@@ -45,6 +46,7 @@ class CompileRequest:
     calib_size: int | None = None
     preprocess: Preprocess | None = None
     progress: bool = False
+    emit_flags: dict[str, Any] = field(default_factory=dict)   # emitter options from the command line
 
 
 @dataclass
@@ -79,6 +81,7 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     if request.calib is None and _runs(backend, "calibrate", request):
         raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
                          "(or --stop-after a pass before calibrate)")
+    require_flags_used(request.emit_flags, [entry.name for entry in backend.emit])
     check_output_dir(request.out, protected=[request.model])
     if request.dump_dir is not None:
         check_output_dir(request.dump_dir, protected=[request.model])
@@ -92,7 +95,7 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         ctx.progress = _progress_bar
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records)
+    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records, request.emit_flags)
     return CompileResult(backend, graph, records, ctx, outputs)
 
 
@@ -141,7 +144,7 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
 
 
 def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext,
-                   records: list[StageRecord]) -> list[Path]:
+                   records: list[StageRecord], emit_flags: dict[str, Any]) -> list[Path]:
     backend = ctx.backend.name
     float_model = _checked_model(float_graph)
     files: dict[str, bytes | str] = {"model.onnx": float_model.SerializeToString()}
@@ -154,6 +157,7 @@ def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: P
             samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
             files["report.json"] = report_json(backend, ctx.plan, float_model, quant_model,
                                                layer_outputs(graph, ctx.plan), feed, samples)
+        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model, float_model), emit_flags))
     files["pipeline.txt"] = pipeline_text(backend, records)
     with staged_output_dir(out_dir) as stage:
         for name, payload in files.items():

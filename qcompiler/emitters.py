@@ -1,23 +1,105 @@
-"""The emitter registry: modules under qcompiler.backends that write a backend's files.
+"""Emitters and checkers: modules under qcompiler.backends that write and check a backend's own files.
 
-An emitter module defines ``emit(graph, ctx, out_dir)``; its module name is
-the name a backend YAML lists under ``emit:``.
+An emitter module defines
+- ``Options``: a dataclass of its options (built strictly from the YAML's
+  ``emit: [{name, options}]`` entry and the matching command-line flags);
+- ``emit(compiled, options) -> {file name: bytes | str}``: the files, which
+  the driver writes atomically beside model.qdq.onnx;
+- optionally ``check(model) -> CheckReport``: the backend's rules applied
+  to any Q/DQ model (``qcompile check --backend NAME M.onnx``).
+Its module name is the name a backend YAML lists under ``emit:``.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from dataclasses import dataclass, field
 from functools import cache
-from typing import Callable
+from types import ModuleType
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompiler import schema
+from qcompiler.backend import BackendConfig
+from qcompiler.errors import UsageError
+from qcompiler.quant_plan import QuantPlan
+
+Files = dict[str, "bytes | str"]
+
+
+@dataclass
+class Compiled:
+    """What a compile produced, as emitters read it."""
+
+    backend: BackendConfig
+    plan: QuantPlan
+    graph: gs.Graph                 # the calibrated Q/DQ graph (model.qdq.onnx); emitters copy before changing it
+    quant_model: onnx.ModelProto    # model.qdq.onnx
+    float_model: onnx.ModelProto    # model.onnx: the float model the quantizers were placed on
+
+
+@dataclass
+class CheckReport:
+    """A backend rule checker's findings on one model."""
+
+    violations: list[str] = field(default_factory=list)
+    int8_ops: int = 0
+    weighted_ops: int = 0
+
+    def text(self, backend: str) -> str:
+        lines = [f"{backend}: {len(self.violations)} violation(s); "
+                 f"{self.int8_ops} of {self.weighted_ops} weighted ops will run in int8"]
+        return "\n".join(lines + [f"  - {v}" for v in self.violations]) + "\n"
 
 
 @cache
-def emitter_registry() -> dict[str, Callable]:
+def emitter_registry() -> dict[str, ModuleType]:
     import qcompiler.backends as package
 
     found = {}
     for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
         if callable(getattr(module, "emit", None)):
-            found[module_info.name] = module.emit
+            found[module_info.name] = module
     return found
+
+
+def checkers() -> dict[str, ModuleType]:
+    """Emitter modules that also check models: their names are what ``qcompile check --backend`` takes."""
+    return {name: module for name, module in emitter_registry().items() if callable(getattr(module, "check", None))}
+
+
+def emitter_options(name: str, options: dict[str, Any], flags: dict[str, Any], path: str) -> Any:
+    """The ``Options`` of emitter ``name``: the YAML's options, then the command-line flags it knows."""
+    options_type = emitter_registry()[name].Options
+    known = {f.name for f in dataclasses.fields(options_type)}
+    merged = {**options, **{key: value for key, value in flags.items() if key in known and value is not None}}
+    return schema.build(options_type, merged, path)
+
+
+def require_flags_used(flags: dict[str, Any], emitters: list[str]) -> None:
+    """A flag that no emitter of this backend reads is a mistake worth saying."""
+    for key, value in flags.items():
+        if value is None:
+            continue
+        readers = [name for name in emitters
+                   if key in {f.name for f in dataclasses.fields(emitter_registry()[name].Options)}]
+        if not readers:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag}: this backend emits {', '.join(emitters) or 'no backend files'}, "
+                             f"none of which reads {flag}")
+
+
+def emit_all(compiled: Compiled, flags: dict[str, Any]) -> Files:
+    """Every file the backend's emitters write, by name; two emitters may not write one name."""
+    files: Files = {}
+    for index, entry in enumerate(compiled.backend.emit):
+        options = emitter_options(entry.name, entry.options, flags, f"emit[{index}].options")
+        for name, payload in emitter_registry()[entry.name].emit(compiled, options).items():
+            if name in files:
+                raise UsageError(f"emit: two emitters write {name}; list each once")
+            files[name] = payload
+    return files

@@ -80,13 +80,30 @@ def qparams(lo: np.ndarray, hi: np.ndarray, spec: QuantizerSpec, g: Grid) -> tup
     return np.asarray(scale, np.float32), np.asarray(zero_point).astype(g.container)
 
 
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, g: Grid, axis: int | None = None) -> np.ndarray:
+    """Numpy reference of QuantizeLinear on grid ``g``: the integers, in the grid's container type."""
+    x = np.asarray(x, np.float32)
+    scale, zero_point = along_axis(scale, x.ndim, axis), along_axis(zero_point, x.ndim, axis)
+    q = np.clip(np.rint(x / scale.astype(np.float32)) + zero_point.astype(np.int32), g.qmin, g.qmax)
+    return q.astype(g.container)
+
+
 def fake_quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, g: Grid, axis: int | None = None) -> np.ndarray:
     """Numpy reference of QuantizeLinear -> DequantizeLinear on grid ``g``."""
-    scale = np.asarray(scale, np.float32)
-    zero_point = np.asarray(zero_point).astype(np.int32)
-    if axis is not None and scale.ndim == 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    q = np.clip(np.rint(x / scale) + zero_point, g.qmin, g.qmax)
-    return ((q - zero_point) * scale).astype(np.float32)
+    return dequantize(quantize(x, scale, zero_point, g, axis), scale, zero_point, axis)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Numpy reference of DequantizeLinear."""
+    scale, zero_point = along_axis(scale, q.ndim, axis), along_axis(zero_point, q.ndim, axis)
+    return ((q.astype(np.int32) - zero_point.astype(np.int32)) * scale.astype(np.float32)).astype(np.float32)
+
+
+def along_axis(values: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of an ``ndim``-d tensor (scalars unchanged)."""
+    values = np.asarray(values)
+    if axis is None or values.ndim == 0:
+        return values
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)

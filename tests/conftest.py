@@ -102,3 +102,40 @@ def model_file(tmp_path: Path):
         return path
 
     return save
+
+
+IMAGENET_PREPROCESS = dict(resize_shorter=256, crop=(224, 224), mean=(123.675, 116.28, 103.53),
+                           std=(58.395, 57.12, 57.375))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_photos(shared, tmp_path_factory):
+    """32 preprocessed photos as calib.npy, and 16 more held out (an array)."""
+    import numpy as np
+
+    from qcompiler.images import Preprocess, load_batch
+
+    images = shared.images(48)
+    preprocess = Preprocess(**IMAGENET_PREPROCESS)
+    folder = tmp_path_factory.mktemp("photos")
+    np.save(folder / "calib.npy", load_batch(images[:32], preprocess))
+    return folder / "calib.npy", load_batch(images[32:], preprocess)
+
+
+@pytest.fixture(scope="session")
+def mobilenet_compiled(shared, mobilenet_photos, tmp_path_factory):
+    """``compile(backend) -> out dir`` of mobilenetv2_bn with the 32 photos, each backend compiled once."""
+    from qcompiler.cli import main
+
+    model = shared.model("mobilenetv2_bn.onnx")
+    calib, _ = mobilenet_photos
+    outputs: dict[str, Path] = {}
+
+    def compile_for(backend: str) -> Path:
+        if backend not in outputs:
+            out = tmp_path_factory.mktemp(backend) / "out"
+            assert main([str(model), "-b", backend, "-o", str(out), "--calib", str(calib), "-q"]) == 0
+            outputs[backend] = out
+        return outputs[backend]
+
+    return compile_for

@@ -13,11 +13,8 @@ import pytest
 from onnx import numpy_helper
 
 from qcompiler import runtime
-from qcompiler.cli import main
-from qcompiler.images import Preprocess, load_batch
 from qcompiler.report import sqnr_db
 
-IMAGENET = Preprocess(resize_shorter=256, crop=(224, 224), mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
 MIN_SQNR_DB = {"academic": 10, "tensorrt": 10, "snpe": 10, "fbgemm": 10, "acl": 10, "tvm": 2}
 
 
@@ -47,27 +44,13 @@ class QDQModel:
 
 
 @pytest.fixture(scope="module")
-def photos(shared, tmp_path_factory):
-    images = shared.images(48)
-    folder = tmp_path_factory.mktemp("photos")
-    np.save(folder / "calib.npy", load_batch(images[:32], IMAGENET))
-    return folder / "calib.npy", load_batch(images[32:], IMAGENET)
+def photos(mobilenet_photos):
+    return mobilenet_photos
 
 
 @pytest.fixture(scope="module")
-def compiled(shared, photos, tmp_path_factory):
-    model = shared.model("mobilenetv2_bn.onnx")
-    calib, _ = photos
-    cache: dict[str, QDQModel] = {}
-
-    def compile_for(backend: str) -> QDQModel:
-        if backend not in cache:
-            out = tmp_path_factory.mktemp(backend)
-            assert main([str(model), "-b", backend, "-o", str(out), "--calib", str(calib), "-q"]) == 0
-            cache[backend] = QDQModel(out / "model.qdq.onnx")
-        return cache[backend]
-
-    return compile_for
+def compiled(mobilenet_compiled):
+    return lambda backend: QDQModel(mobilenet_compiled(backend) / "model.qdq.onnx")
 
 
 @pytest.mark.parametrize("backend", sorted(MIN_SQNR_DB))

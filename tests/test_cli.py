@@ -43,7 +43,8 @@ def test_compile_writes_model_and_pipeline(capsys, model_path, calib, tmp_path):
     code, out, err = qcompile(capsys, model_path, "--backend", "tensorrt", "--out", tmp_path / "out", "--calib", calib)
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "model.onnx", "model.qdq.onnx", "pipeline.txt", "qparams.json", "report.json"]
+        "calibration.cache", "dynamic_range.json", "model.onnx", "model.qdq.onnx", "model.trt.onnx",
+        "pipeline.txt", "qparams.json", "report.json"]
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert {n.op_type for n in model.graph.node} == {"Conv", "Relu", "Add"}  # the float model, BN folded
     assert "001 fold_bn: ran, changed" in (tmp_path / "out" / "pipeline.txt").read_text()

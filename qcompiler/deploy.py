@@ -1,0 +1,124 @@
+"""Graph forms the backends' toolchains read, derived from the calibrated Q/DQ graph, and a view to check them.
+
+``integer_weights``: every weight's FP32 initializer -> QuantizeLinear ->
+DequantizeLinear becomes an integer initializer -> DequantizeLinear: the
+same values (QuantizeLinear is computed here exactly as onnxruntime does),
+a quarter of the size, and the form deploy toolchains expect.
+
+``QdqView``: the Q/DQ nodes of any ONNX model with their scales, zero
+points and axes, for the backends' rule checkers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompiler import ir
+from qcompiler.qmath import quantize
+from qcompiler.quant_plan import QuantPlan
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ops that only move or select values: a quantized tensor passes through them unchanged
+DATA_MOVEMENT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Slice")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
+    """A copy of ``graph`` whose quantized weights are integer initializers read by their DQ."""
+    graph = graph.copy()
+    nodes = {node.name: node for node in graph.nodes}
+    tensors = graph.tensors()
+    for point in plan.weights():
+        quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
+        values = quantize(ir.constant_value(tensors[point.tensor]), point.scale, point.zero_point, point.grid,
+                          point.axis)
+        integers = gs.Constant(quant.outputs[0].name, values)
+        quant.outputs.clear()
+        dequant.inputs[0] = integers
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph
+
+
+@dataclass
+class Quantizer:
+    """One QuantizeLinear or DequantizeLinear node, as a checker sees it."""
+
+    node: gs.Node
+    scale: np.ndarray | None         # None when not a constant
+    zero_point: np.ndarray | None    # None when absent (0) or not a constant
+    dtype: np.dtype
+    axis: int
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale is not None and self.scale.size > 1
+
+    @property
+    def zero_is_zero(self) -> bool:
+        return self.zero_point is None or not np.any(self.zero_point)
+
+    def same_factors(self, other: "Quantizer") -> bool:
+        return (self.scale is not None and other.scale is not None
+                and np.array_equal(self.scale, other.scale) and self.dtype == other.dtype
+                and np.array_equal(_zero(self), _zero(other)))
+
+
+class QdqView:
+    """The Q/DQ structure of a model: who quantizes what, with which factors."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = ir.to_graph(model)
+        self.opset = self.graph.opset
+        self.quantizers = {node.name: _quantizer(node) for node in self.graph.nodes if node.op in QDQ_OPS}
+
+    def of(self, node: gs.Node | None) -> Quantizer | None:
+        return self.quantizers.get(node.name) if node is not None else None
+
+    def dequantized_input(self, node: gs.Node, index: int) -> Quantizer | None:
+        """The DQ that produces input ``index`` of ``node``, looking through data-movement ops."""
+        if index >= len(node.inputs):
+            return None
+        producer = ir.producer(node.inputs[index])
+        while producer is not None and producer.op in DATA_MOVEMENT_OPS:
+            producer = ir.producer(producer.inputs[0])
+        return self.of(producer) if producer is not None and producer.op == "DequantizeLinear" else None
+
+    def is_weight(self, dequant: Quantizer) -> bool:
+        """Whether a DQ reads a constant: an integer initializer, or Q of a float initializer."""
+        source = dequant.node.inputs[0]
+        if isinstance(source, gs.Constant):
+            return True
+        producer = ir.producer(source)
+        return producer is not None and producer.op == "QuantizeLinear" and isinstance(producer.inputs[0], gs.Constant)
+
+    def weighted_nodes(self) -> list[gs.Node]:
+        return [n for n in self.graph.nodes if n.op in WEIGHTED_OPS and _has_constant_operand(n, self)]
+
+
+def _quantizer(node: gs.Node) -> Quantizer:
+    scale = ir.constant_value(node.inputs[1])
+    zero_point = ir.constant_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if node.op == "QuantizeLinear":
+        dtype = zero_point.dtype if zero_point is not None else np.dtype(np.uint8)
+    else:
+        source = node.inputs[0]
+        dtype = np.dtype(source.values.dtype if isinstance(source, gs.Constant) else source.dtype or np.uint8)
+    return Quantizer(node, scale, zero_point, np.dtype(dtype), int(node.attrs.get("axis", 1)))
+
+
+def _zero(q: Quantizer) -> np.ndarray:
+    return q.zero_point if q.zero_point is not None else np.zeros((), q.dtype)
+
+
+def _has_constant_operand(node: gs.Node, view: QdqView) -> bool:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight is None:
+        return False
+    if isinstance(weight, gs.Constant):
+        return True
+    dequant = view.dequantized_input(node, 1)
+    return dequant is not None and view.is_weight(dequant)

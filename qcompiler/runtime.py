@@ -20,8 +20,13 @@ def numpy_dtype(ort_type: str) -> type:
     return _NUMPY_OF_ORT.get(ort_type, np.float32)
 
 
-def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_pattern: bool = True) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_pattern: bool = True,
+            optimize: bool = True) -> ort.InferenceSession:
     """A CPU session; ``threads=0`` lets onnxruntime choose.
+
+    ``optimize=False`` runs the graph as written: Q/DQ in float, as the ONNX
+    spec defines them, instead of fused into onnxruntime's integer kernels
+    (which round and saturate their own way).
 
     ``memory_pattern=False`` suits models that return many intermediate
     tensors (calibration, reports): there onnxruntime's memory-pattern
@@ -31,6 +36,8 @@ def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_patter
     options.intra_op_num_threads = threads
     options.enable_mem_pattern = memory_pattern
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -1,0 +1,49 @@
+"""TVM files: model.tvm.onnx, a plain Q/DQ model with power-of-two scales, and its checker.
+
+TVM has no parameter file of its own: its ONNX frontend (Relax) turns
+QuantizeLinear/DequantizeLinear into quantize/dequantize and rejects
+QLinearConv. Weights are int8 initializers -> DQ. Every scale being a power
+of two is what makes TVM's requantization a shift.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from qcompiler import ir
+from qcompiler.deploy import QdqView, integer_weights
+from qcompiler.emitters import CheckReport, Compiled, Files
+from qcompiler.errors import QCompileError
+from qcompiler.verify import check_model
+
+
+@dataclass(frozen=True)
+class Options:
+    pass
+
+
+def emit(compiled: Compiled, options: Options) -> Files:
+    model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
+    check_model(model, "model.tvm.onnx is not valid ONNX")
+    report = check(model)
+    if report.violations:
+        raise QCompileError(f"model.tvm.onnx breaks a TVM rule: {report.violations[0]} "
+                            f"({len(report.violations)} in all; run qcompile check --backend tvm)")
+    return {"model.tvm.onnx": model.SerializeToString()}
+
+
+def check(model: onnx.ModelProto) -> CheckReport:
+    """Non-power-of-two scales and ops TVM's ONNX frontend rejects; how many weighted ops run quantized."""
+    view = QdqView(model)
+    violations = [f"{n.name}: {n.op} is rejected by TVM's ONNX frontend; use QuantizeLinear/DequantizeLinear"
+                  for n in view.graph.nodes if n.op.startswith("QLinear") or n.op.endswith("Integer")]
+    for q in view.quantizers.values():
+        if q.scale is None or not np.all(q.scale > 0):
+            violations.append(f"{q.node.name}: scales must be positive constants")
+        elif not np.array_equal(q.scale, np.exp2(np.round(np.log2(q.scale))).astype(q.scale.dtype)):
+            violations.append(f"{q.node.name}: a scale that is not a power of two; TVM requantizes by shifts")
+    weighted = view.weighted_nodes()
+    int8 = sum(view.dequantized_input(n, 0) is not None and view.dequantized_input(n, 1) is not None for n in weighted)
+    return CheckReport(violations, int8, len(weighted))

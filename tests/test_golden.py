@@ -5,13 +5,20 @@ RUN: qcompile <test model> --backend <backend> --calib calib.npy --out OUT --dum
 - D/000_import.qir with qir/<model>/000_import.qir (the same for every backend);
 - D/NNN_<pass>.qir with qir/<model>/<backend>/NNN_<pass>.qir;
 - D/quant_plan.yaml and OUT/qparams.json (floats to 6 digits) with
-  quant/<model>/<backend>.quant_plan.yaml and .qparams.json.
+  quant/<model>/<backend>.quant_plan.yaml and .qparams.json;
+- each backend's text artifacts (calibration.cache, dynamic_range.json,
+  model.encodings, scale_offset_record.txt) with
+  artifacts/<model>/<backend>/<file>, floats to 6 digits (the cache's hex
+  scales shown as the float they encode, so a last-bit difference between
+  CPUs does not fail the run; the hex encoding has its own exact tests).
 Every stage also runs: float stages match the model within 1e-5, and the
 quantized model reaches MIN_SQNR_DB against it.
 """
 from __future__ import annotations
 
 import json
+import re
+import struct
 
 import numpy as np
 import onnx
@@ -46,6 +53,19 @@ def rounded(text: str) -> str:
     return json.dumps(fix(json.loads(text)), indent=1) + "\n"
 
 
+# the text files emitters write (the rest of OUT has goldens above, or is binary)
+TEXT_ARTIFACTS = ("calibration.cache", "dynamic_range.json", "model.encodings", "scale_offset_record.txt")
+
+
+def rounded_artifact(name: str, text: str) -> str:
+    if name.endswith((".json", ".encodings")):
+        return rounded(text)
+    if name.endswith(".cache"):
+        hex_scale = re.compile(r": ([0-9a-f]{8})$", re.M)
+        return hex_scale.sub(lambda m: f": scale {struct.unpack('>f', bytes.fromhex(m.group(1)))[0]:.6g}", text)
+    return re.sub(r"-?\d+\.\d+(?:e-?\d+)?", lambda m: f"{float(m.group(0)):.6g}", text)
+
+
 @pytest.mark.parametrize("model_name, backend", CASES)
 def test_stage_goldens(model_name, backend, tmp_path, model_file, golden):
     model = TEST_MODELS[model_name]()
@@ -59,6 +79,9 @@ def test_stage_goldens(model_name, backend, tmp_path, model_file, golden):
         golden.check(f"qir/{model_name}/{backend}/{stage.name}", stage.read_text())
     golden.check(f"quant/{model_name}/{backend}.quant_plan.yaml", (dump / "quant_plan.yaml").read_text())
     golden.check(f"quant/{model_name}/{backend}.qparams.json", rounded((out / "qparams.json").read_text()))
+    for name in TEXT_ARTIFACTS:
+        if (out / name).exists():
+            golden.check(f"artifacts/{model_name}/{backend}/{name}", rounded_artifact(name, (out / name).read_text()))
 
     reference = runtime.session(model)
     feeds = runtime.random_feeds(reference, seed=1, dims={"N": 2})

@@ -20,8 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 
 from qcompiler import ir
 from qcompiler.deploy import QdqView
-from qcompiler.emitters import CheckReport, Compiled, Files
-from qcompiler.errors import QCompileError
+from qcompiler.emitters import CheckReport, Compiled, Files, checked
 from qcompiler.passes.insert_quantizers import weight_axis
 
 PER_TENSOR_WEIGHTS = ("Gemm", "MatMul")
@@ -33,11 +32,7 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    report = check(compiled.quant_model)
-    if report.violations:
-        raise QCompileError(f"model.acl.onnx breaks an AMCT constraint: {report.violations[0]} "
-                            f"({len(report.violations)} in all; run qcompile check --backend acl)")
-    return {"model.acl.onnx": compiled.quant_model.SerializeToString(),
+    return {"model.acl.onnx": checked(compiled.quant_model, "model.acl.onnx", "acl", check),
             "scale_offset_record.txt": scale_offset_record(compiled.quant_model)}
 
 

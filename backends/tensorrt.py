@@ -25,10 +25,9 @@ import onnx
 
 from qcompiler import ir
 from qcompiler.deploy import QdqView, integer_weights
-from qcompiler.emitters import CheckReport, Compiled, Files
+from qcompiler.emitters import CheckReport, Compiled, Files, checked
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.passes.insert_quantizers import weight_axis
-from qcompiler.verify import check_model
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +47,8 @@ class Options:
 
 def emit(compiled: Compiled, options: Options) -> Files:
     model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
-    check_model(model, "model.trt.onnx is not valid ONNX")
-    report = check(model)
-    if report.violations:
-        raise QCompileError(f"model.trt.onnx breaks a TensorRT rule: {report.violations[0]} "
-                            f"({len(report.violations)} in all; run qcompile check --backend tensorrt)")
     ranges = activation_amax(compiled)
-    files: Files = {"model.trt.onnx": model.SerializeToString(),
+    files: Files = {"model.trt.onnx": checked(model, "model.trt.onnx", "tensorrt", check),
                     "dynamic_range.json": json.dumps(ranges, indent=1, sort_keys=True) + "\n"}
     header = cache_header(options.trt_version)
     if header is None:

@@ -14,9 +14,7 @@ import onnx
 
 from qcompiler import ir
 from qcompiler.deploy import QdqView, integer_weights
-from qcompiler.emitters import CheckReport, Compiled, Files
-from qcompiler.errors import QCompileError
-from qcompiler.verify import check_model
+from qcompiler.emitters import CheckReport, Compiled, Files, checked
 
 
 @dataclass(frozen=True)
@@ -26,12 +24,7 @@ class Options:
 
 def emit(compiled: Compiled, options: Options) -> Files:
     model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
-    check_model(model, "model.tvm.onnx is not valid ONNX")
-    report = check(model)
-    if report.violations:
-        raise QCompileError(f"model.tvm.onnx breaks a TVM rule: {report.violations[0]} "
-                            f"({len(report.violations)} in all; run qcompile check --backend tvm)")
-    return {"model.tvm.onnx": model.SerializeToString()}
+    return {"model.tvm.onnx": checked(model, "model.tvm.onnx", "tvm", check)}
 
 
 def check(model: onnx.ModelProto) -> CheckReport:

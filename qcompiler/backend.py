@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -97,26 +97,22 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class PipelineEntry:
+    """A pass (or, as EmitEntry, an emitter) by name, with options; a bare name is the short form."""
+
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    KIND: ClassVar[str] = "a pass"
 
     @classmethod
     def from_scalar(cls, value: Any, path: str) -> dict:
         if isinstance(value, str):
             return {"name": value}
-        raise SchemaError(f"{path}: expected a pass name or {{name: ..., options: ...}}, got {value!r}")
+        raise SchemaError(f"{path}: expected {cls.KIND} name or {{name: ..., options: ...}}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class EmitEntry:
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_scalar(cls, value: Any, path: str) -> dict:
-        if isinstance(value, str):
-            return {"name": value}
-        raise SchemaError(f"{path}: expected an emitter name or {{name: ..., options: ...}}, got {value!r}")
+class EmitEntry(PipelineEntry):
+    KIND: ClassVar[str] = "an emitter"
 
 
 @dataclass(frozen=True)

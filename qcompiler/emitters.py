@@ -17,15 +17,16 @@ import pkgutil
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from qcompiler import schema
 from qcompiler.backend import BackendConfig
-from qcompiler.errors import UsageError
+from qcompiler.errors import QCompileError, UsageError
 from qcompiler.quant_plan import QuantPlan
+from qcompiler.verify import check_model
 
 Files = dict[str, "bytes | str"]
 
@@ -53,6 +54,16 @@ class CheckReport:
         lines = [f"{backend}: {len(self.violations)} violation(s); "
                  f"{self.int8_ops} of {self.weighted_ops} weighted ops will run in int8"]
         return "\n".join(lines + [f"  - {v}" for v in self.violations]) + "\n"
+
+
+def checked(model: onnx.ModelProto, file_name: str, backend: str, check: Callable[[onnx.ModelProto], CheckReport]) -> bytes:
+    """``model`` serialized, once it is valid ONNX and ``check`` finds no violation of ``backend``'s rules."""
+    check_model(model, f"{file_name} is not valid ONNX")
+    report = check(model)
+    if report.violations:
+        raise QCompileError(f"{file_name} breaks a {backend} rule: {report.violations[0]} "
+                            f"({len(report.violations)} in all; run qcompile check --backend {backend})")
+    return model.SerializeToString()
 
 
 @cache

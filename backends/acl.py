@@ -18,9 +18,8 @@ import numpy as np
 import onnx
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from qcompiler import ir
-from qcompiler.deploy import QdqView
-from qcompiler.emitters import CheckReport, Compiled, Files, checked
+from qcompiler.deploy import CheckReport, QdqView
+from qcompiler.emitters import Compiled, Files, checked
 from qcompiler.passes.insert_quantizers import weight_axis
 
 PER_TENSOR_WEIGHTS = ("Gemm", "MatMul")
@@ -41,7 +40,7 @@ def scale_offset_record(model: onnx.ModelProto) -> str:
     view = QdqView(model)
     blocks = []
     for node in view.weighted_nodes():
-        data, weight = view.dequantized_input(node, 0), view.dequantized_input(node, 1)
+        data, weight = view.operands(node)
         if data is None or weight is None:
             continue
         scale_w = np.atleast_1d(weight.scale).astype(np.float32)
@@ -61,7 +60,7 @@ def check(model: onnx.ModelProto) -> CheckReport:
     view = QdqView(model)
     violations = []
     for q in view.quantizers.values():
-        name, constant = q.node.name, _is_weight(view, q)
+        name, constant = q.node.name, view.is_weight(q)
         if constant and not q.zero_is_zero:
             violations.append(f"{name}: weights must be symmetric (offset_w 0)")
         if not constant and (q.per_channel or q.dtype != np.int8):
@@ -70,23 +69,14 @@ def check(model: onnx.ModelProto) -> CheckReport:
             for reader in q.node.outputs[0].outputs:
                 if reader.op == "DequantizeLinear" and not q.same_factors(view.of(reader)):
                     violations.append(f"{name}: its DequantizeLinear {reader.name} has other factors; a pair must match")
-    weighted = view.weighted_nodes()
-    int8 = 0
-    for node in weighted:
-        data, weight = view.dequantized_input(node, 0), view.dequantized_input(node, 1)
+    for node in view.weighted_nodes():
+        _, weight = view.operands(node)
         if weight is not None and weight.per_channel:
             if node.op in PER_TENSOR_WEIGHTS:
                 violations.append(f"{node.name}: {node.op} weights must be per-tensor for AMCT")
             elif weight.axis != weight_axis(node):
                 violations.append(f"{node.name}: weight quantized on axis {weight.axis}, not the output channels")
-        int8 += data is not None and weight is not None
-    return CheckReport(violations, int8, len(weighted))
-
-
-def _is_weight(view: QdqView, q) -> bool:
-    if q.node.op == "DequantizeLinear":
-        return view.is_weight(q)
-    return ir.constant_value(q.node.inputs[0]) is not None
+    return view.report(violations)
 
 
 def _float(value) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.deploy import QdqView, integer_weights
-from qcompiler.emitters import CheckReport, Compiled, Files, checked
+from qcompiler.deploy import CheckReport, QdqView, integer_weights
+from qcompiler.emitters import Compiled, Files, checked
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.passes.insert_quantizers import weight_axis
 
@@ -116,17 +116,14 @@ def check(model: onnx.ModelProto) -> CheckReport:
             violations.append(f"{node.name}: {node.op} is not parsed by TensorRT; use QuantizeLinear/DequantizeLinear")
     for quantizer in view.quantizers.values():
         violations += _quantizer_violations(view, quantizer)
-    weighted = view.weighted_nodes()
-    int8 = 0
-    for node in weighted:
-        data, weight = view.dequantized_input(node, 0), view.dequantized_input(node, 1)
+    for node in view.weighted_nodes():
+        _, weight = view.operands(node)
         if weight is not None and weight.per_channel and weight.axis != weight_axis(node):
             violations.append(f"{node.name}: weight quantized on axis {weight.axis}; TensorRT wants the "
                               f"output-channel axis {weight_axis(node)} for {node.op}")
-        int8 += data is not None and weight is not None
         violations += _output_violations(view, node)
     violations += _concat_violations(view)
-    return CheckReport(violations, int8, len(weighted))
+    return view.report(violations)
 
 
 def _quantizer_violations(view: QdqView, q) -> list[str]:
@@ -140,18 +137,12 @@ def _quantizer_violations(view: QdqView, q) -> list[str]:
         found.append(f"{name}: {q.dtype} quantization; TensorRT takes int8")
     if not q.zero_is_zero:
         found.append(f"{name}: non-zero zero point; TensorRT quantization is symmetric")
-    is_weight = view.is_weight(q) if q.node.op == "DequantizeLinear" else _quantizes_constant(q)
-    if q.per_channel and not is_weight:
+    if q.per_channel and not view.is_weight(q):
         found.append(f"{name}: per-channel activation quantization; TensorRT takes per-tensor activations")
     if q.node.op == "QuantizeLinear":
-        readers = [n for n in q.node.outputs[0].outputs]
-        if any(n.op != "DequantizeLinear" for n in readers):
+        if any(n.op != "DequantizeLinear" for n in q.node.outputs[0].outputs):
             found.append(f"{name}: a QuantizeLinear read by something other than DequantizeLinear cannot fuse")
     return found
-
-
-def _quantizes_constant(q) -> bool:
-    return ir.constant_value(q.node.inputs[0]) is not None
 
 
 def _output_violations(view: QdqView, node) -> list[str]:

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.deploy import QdqView, integer_weights
-from qcompiler.emitters import CheckReport, Compiled, Files, checked
+from qcompiler.deploy import CheckReport, QdqView, integer_weights
+from qcompiler.emitters import Compiled, Files, checked
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,4 @@ def check(model: onnx.ModelProto) -> CheckReport:
             violations.append(f"{q.node.name}: scales must be positive constants")
         elif not np.array_equal(q.scale, np.exp2(np.round(np.log2(q.scale))).astype(q.scale.dtype)):
             violations.append(f"{q.node.name}: a scale that is not a power of two; TVM requantizes by shifts")
-    weighted = view.weighted_nodes()
-    int8 = sum(view.dequantized_input(n, 0) is not None and view.dequantized_input(n, 1) is not None for n in weighted)
-    return CheckReport(violations, int8, len(weighted))
+    return view.report(violations)

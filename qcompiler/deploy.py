@@ -10,7 +10,7 @@ points and axes, for the backends' rule checkers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -40,6 +40,20 @@ def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
         dequant.inputs[0] = integers
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph
+
+
+@dataclass
+class CheckReport:
+    """A backend rule checker's findings on one model."""
+
+    violations: list[str] = field(default_factory=list)
+    int8_ops: int = 0
+    weighted_ops: int = 0
+
+    def text(self, backend: str) -> str:
+        lines = [f"{backend}: {len(self.violations)} violation(s); "
+                 f"{self.int8_ops} of {self.weighted_ops} weighted ops will run in int8"]
+        return "\n".join(lines + [f"  - {v}" for v in self.violations]) + "\n"
 
 
 @dataclass
@@ -87,16 +101,27 @@ class QdqView:
             producer = ir.producer(producer.inputs[0])
         return self.of(producer) if producer is not None and producer.op == "DequantizeLinear" else None
 
-    def is_weight(self, dequant: Quantizer) -> bool:
-        """Whether a DQ reads a constant: an integer initializer, or Q of a float initializer."""
-        source = dequant.node.inputs[0]
+    def is_weight(self, q: Quantizer) -> bool:
+        """Whether a Q or DQ quantizes a constant: a float initializer, or (DQ) an integer one or Q of a float one."""
+        source = q.node.inputs[0]
         if isinstance(source, gs.Constant):
             return True
         producer = ir.producer(source)
-        return producer is not None and producer.op == "QuantizeLinear" and isinstance(producer.inputs[0], gs.Constant)
+        return (q.node.op == "DequantizeLinear" and producer is not None and producer.op == "QuantizeLinear"
+                and isinstance(producer.inputs[0], gs.Constant))
 
     def weighted_nodes(self) -> list[gs.Node]:
         return [n for n in self.graph.nodes if n.op in WEIGHTED_OPS and _has_constant_operand(n, self)]
+
+    def operands(self, node: gs.Node) -> tuple[Quantizer | None, Quantizer | None]:
+        """The DQs of a weighted op's data input and weight (None where that operand stays float)."""
+        return self.dequantized_input(node, 0), self.dequantized_input(node, 1)
+
+    def report(self, violations: list[str]) -> CheckReport:
+        """``violations``, with how many of the weighted ops have both operands quantized."""
+        weighted = self.weighted_nodes()
+        int8 = sum(None not in self.operands(node) for node in weighted)
+        return CheckReport(violations, int8, len(weighted))
 
 
 def _quantizer(node: gs.Node) -> Quantizer:

@@ -5,7 +5,7 @@ An emitter module defines
   ``emit: [{name, options}]`` entry and the matching command-line flags);
 - ``emit(compiled, options) -> {file name: bytes | str}``: the files, which
   the driver writes atomically beside model.qdq.onnx;
-- optionally ``check(model) -> CheckReport``: the backend's rules applied
+- optionally ``check(model) -> deploy.CheckReport``: the backend's rules applied
   to any Q/DQ model (``qcompile check --backend NAME M.onnx``).
 Its module name is the name a backend YAML lists under ``emit:``.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 from typing import Any, Callable
@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler import schema
 from qcompiler.backend import BackendConfig
+from qcompiler.deploy import CheckReport
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.quant_plan import QuantPlan
 from qcompiler.verify import check_model
@@ -40,20 +41,6 @@ class Compiled:
     graph: gs.Graph                 # the calibrated Q/DQ graph (model.qdq.onnx); emitters copy before changing it
     quant_model: onnx.ModelProto    # model.qdq.onnx
     float_model: onnx.ModelProto    # model.onnx: the float model the quantizers were placed on
-
-
-@dataclass
-class CheckReport:
-    """A backend rule checker's findings on one model."""
-
-    violations: list[str] = field(default_factory=list)
-    int8_ops: int = 0
-    weighted_ops: int = 0
-
-    def text(self, backend: str) -> str:
-        lines = [f"{backend}: {len(self.violations)} violation(s); "
-                 f"{self.int8_ops} of {self.weighted_ops} weighted ops will run in int8"]
-        return "\n".join(lines + [f"  - {v}" for v in self.violations]) + "\n"
 
 
 def checked(model: onnx.ModelProto, file_name: str, backend: str, check: Callable[[onnx.ModelProto], CheckReport]) -> bytes:

@@ -366,7 +366,7 @@ def _apply(graph: gs.Graph, point: QuantPoint, names: ir.GraphNames) -> None:
     point.scale_tensor, point.zero_point_tensor = scale.name, zero_point.name
     result = dequantized
     if point.kind == "activation" and g.narrower_than_container:
-        # ONNX saturates to the container; the backend's grid is narrower (reduce_range, < 8 bits)
+        # ONNX saturates to the container; the backend saturates within it (< 8 bits)
         low = gs.Constant(names.tensors.fresh(f"{point.tensor}/clip_min"), np.zeros((), np.float32))
         high = gs.Constant(names.tensors.fresh(f"{point.tensor}/clip_max"), np.ones((), np.float32))
         result = gs.Variable(names.tensors.fresh(f"{point.tensor}/clipped"), dtype=np.float32, shape=source.shape)

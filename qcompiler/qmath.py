@@ -6,7 +6,8 @@ and ``x_hat = (q - z) * s``. Rules (BACKENDS.md section 3):
 - symmetric: ``s = amax / qmax`` and ``z = 0`` (TensorRT: 127 for int8);
 - asymmetric: ``s = (max - min) / (qmax - qmin)``, ``z = qmin - round(min / s)``;
 - power of two: ``s = 2 ** ceil(log2(s))`` (ceil never clips) or ``round``;
-- reduce_range drops one bit of range (FBGEMM's [0, 127] for uint8);
+- reduce_range computes the scale for one bit less (FBGEMM's [0, 127] for
+  uint8) while values still saturate at the full range, as FBGEMM's do;
 - a degenerate range (all zeros) gets ``s = 1``: valid and finite, and every
   value of such a tensor is 0 anyway.
 """
@@ -24,11 +25,18 @@ MIN_SCALE = np.float32(1e-12)
 
 @dataclass(frozen=True)
 class Grid:
-    """The integer range a quantizer uses, and the ONNX container type that holds it."""
+    """The integers a calibrated range maps onto, where values saturate, and the ONNX container type.
+
+    ``qmin..qmax`` is what the scale and zero point are computed for. Values
+    saturate at ``clamp``: the same range, except under reduce_range, where
+    (as in PyTorch and FBGEMM) the scale is chosen for one bit less but the
+    kernels still saturate at the full ``bits``-bit range.
+    """
 
     qmin: int
     qmax: int
     signed: bool
+    clamp: tuple[int, int]
 
     @property
     def container(self) -> type:
@@ -36,19 +44,25 @@ class Grid:
 
     @property
     def narrower_than_container(self) -> bool:
+        """Whether saturating at ``clamp`` takes more than the container's own saturation."""
         info = np.iinfo(self.container)
-        return self.qmin > info.min or self.qmax < info.max
+        return self.clamp[0] > info.min or self.clamp[1] < info.max
 
 
 def grid(spec: QuantizerSpec, signed: bool) -> Grid:
     """The integer grid of ``spec``; ``signed`` resolves adaptive signedness."""
     if spec.bits > 8:
         raise ValueError(f"{spec.bits}-bit quantizers need 16-bit containers, which are not supported yet")
-    bits = spec.bits - 1 if spec.reduce_range else spec.bits
+    full = _integer_range(spec.bits, signed, spec.narrow_range)
+    mapped = _integer_range(spec.bits - 1, signed, spec.narrow_range) if spec.reduce_range else full
+    return Grid(*mapped, signed, full)
+
+
+def _integer_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
     if signed:
         qmax = 2 ** (bits - 1) - 1
-        return Grid(-qmax if spec.narrow_range else -qmax - 1, qmax, True)
-    return Grid(0, 2 ** bits - 1, False)
+        return (-qmax if narrow else -qmax - 1), qmax
+    return 0, 2 ** bits - 1
 
 
 def resolve_signed(spec: QuantizerSpec, lo: np.ndarray) -> bool:
@@ -84,7 +98,7 @@ def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, g: Grid, 
     """Numpy reference of QuantizeLinear on grid ``g``: the integers, in the grid's container type."""
     x = np.asarray(x, np.float32)
     scale, zero_point = along_axis(scale, x.ndim, axis), along_axis(zero_point, x.ndim, axis)
-    q = np.clip(np.rint(x / scale.astype(np.float32)) + zero_point.astype(np.int32), g.qmin, g.qmax)
+    q = np.clip(np.rint(x / scale.astype(np.float32)) + zero_point.astype(np.int32), *g.clamp)
     return q.astype(g.container)
 
 

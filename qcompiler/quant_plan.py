@@ -70,8 +70,9 @@ def write_qparams(tensors: dict[str, gs.Tensor], point: QuantPoint) -> None:
     if point.clip_bounds is not None:
         zero = point.zero_point.astype(np.float32)
         low, high = point.clip_bounds
-        tensors[low].values = np.asarray((point.grid.qmin - zero) * point.scale, np.float32)
-        tensors[high].values = np.asarray((point.grid.qmax - zero) * point.scale, np.float32)
+        qmin, qmax = point.grid.clamp
+        tensors[low].values = np.asarray((qmin - zero) * point.scale, np.float32)
+        tensors[high].values = np.asarray((qmax - zero) * point.scale, np.float32)
 
 
 @dataclass

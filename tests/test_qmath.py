@@ -19,9 +19,11 @@ def test_grids():
     assert (grid(narrow, True).qmin, grid(narrow, True).qmax) == (-127, 127)
     reduced = QuantizerSpec(signedness="unsigned", symmetric=False, reduce_range=True)
     g = grid(reduced, False)
-    assert (g.qmin, g.qmax, g.container, g.narrower_than_container) == (0, 127, np.uint8, True)
+    assert (g.qmin, g.qmax, g.container, g.clamp, g.narrower_than_container) == (0, 127, np.uint8, (0, 255), False)
+    signed_reduced = grid(QuantizerSpec(reduce_range=True), True)
+    assert (signed_reduced.qmin, signed_reduced.qmax, signed_reduced.clamp) == (-64, 63, (-128, 127))
     four = grid(QuantizerSpec(bits=4), True)
-    assert (four.qmin, four.qmax, four.narrower_than_container) == (-8, 7, True)
+    assert (four.qmin, four.qmax, four.clamp, four.narrower_than_container) == (-8, 7, (-8, 7), True)
 
 
 def test_symmetric_scale_is_amax_over_127_like_tensorrt():
@@ -82,5 +84,5 @@ def test_numpy_reference_matches_onnxruntime(container, axis):
     info = np.iinfo(container)
     from qcompiler.qmath import Grid
 
-    actual = fake_quantize(x, scale, zero_point, Grid(info.min, info.max, container == np.int8), axis)
+    actual = fake_quantize(x, scale, zero_point, Grid(info.min, info.max, container == np.int8, (info.min, info.max)), axis)
     np.testing.assert_array_equal(actual, expected)

@@ -149,7 +149,6 @@ def _add_sample_reductions(view: gs.Graph, tensor: gs.Tensor, with_min: bool) ->
     """
     axes = list(range(1, len(tensor.shape)))
     nodes: list[gs.Node] = []
-    outputs = []
     if with_min:
         nodes.append(_reduction(view, "ReduceMin", tensor, f"{tensor.name}/sample_min", axes))
     source = tensor

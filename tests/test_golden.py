@@ -7,7 +7,7 @@ RUN: qcompile <test model> --backend <backend> --calib calib.npy --out OUT --dum
 - D/quant_plan.yaml and OUT/qparams.json (floats to 6 digits) with
   quant/<model>/<backend>.quant_plan.yaml and .qparams.json;
 - each backend's text artifacts (calibration.cache, dynamic_range.json,
-  model.encodings, scale_offset_record.txt) with
+  model.encodings, scale_offset_record.txt, torch_qparams.json) with
   artifacts/<model>/<backend>/<file>, floats to 6 digits (the cache's hex
   scales shown as the float they encode, so a last-bit difference between
   CPUs does not fail the run; the hex encoding has its own exact tests).
@@ -54,7 +54,9 @@ def rounded(text: str) -> str:
 
 
 # the text files emitters write (the rest of OUT has goldens above, or is binary)
-TEXT_ARTIFACTS = ("calibration.cache", "dynamic_range.json", "model.encodings", "scale_offset_record.txt")
+TEXT_ARTIFACTS = (
+    "calibration.cache", "dynamic_range.json", "model.encodings", "scale_offset_record.txt", "torch_qparams.json",
+)
 
 
 def rounded_artifact(name: str, text: str) -> str:

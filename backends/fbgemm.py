@@ -1,0 +1,396 @@
+"""FBGEMM / onnxruntime x86 files: model.int8.onnx, run by onnxruntime's integer kernels, and torch_qparams.json.
+
+model.int8.onnx is the Q/DQ model rewritten into the u8s8 form onnxruntime
+fuses into QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool, ...:
+- weights are int8 initializers -> DQ, biases int32 initializers -> DQ with
+  scale s_x * s_w (onnxruntime fuses a weighted op only when every input is
+  a DQ);
+- the 7-bit activation grid [0, 127] and a fused Relu/Clip become one
+  integer Clip between Q and DQ. Q is monotone, so
+  Q(clip(x, a, b)) = clip(Q(x), Q(a), Q(b)): the same values as the float
+  Clips they replace, and the weighted op's output now goes straight into Q;
+- a DQ moves below the data-movement ops it feeds (Flatten, Reshape, ...),
+  which then move uint8 values, so the next weighted op reads a DQ directly.
+
+torch_qparams.json gives the same quantizers by module-like name (the
+weight's name without ``.weight``, or the node's scope) in torch.ao's terms,
+for users who set them on a PyTorch model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompiler import ir
+from qcompiler.deploy import DATA_MOVEMENT_OPS, WEIGHTED_OPS, CheckReport, QdqView, Quantizer, integer_weights
+from qcompiler.emitters import Compiled, Files, checked
+from qcompiler.passes.insert_quantizers import weight_axis
+from qcompiler.qmath import quantize
+from qcompiler.quant_plan import QuantPlan, QuantPoint
+
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+FLOAT_OUTPUT_OPS = ("Gemm", "MatMul")  # QGemm / MatMulIntegerToFloat return float
+INTEGER_KERNEL_OPS = ("Conv", "Gemm", "MatMul")  # onnxruntime's CPU provider has no integer ConvTranspose
+INT32 = np.iinfo(np.int32)
+
+
+@dataclass(frozen=True)
+class Options:
+    pass
+
+
+def emit(compiled: Compiled, options: Options) -> Files:
+    model = ir.to_model(int8_graph(compiled.graph, compiled.plan))
+    return {
+        "model.int8.onnx": checked(model, "model.int8.onnx", "fbgemm", check),
+        "torch_qparams.json": json.dumps(torch_qparams(compiled), indent=1) + "\n",
+    }
+
+
+def int8_graph(graph: gs.Graph, plan: QuantPlan, bias_in_int32: bool = True) -> gs.Graph:
+    """A copy of the calibrated Q/DQ ``graph`` in the form onnxruntime fuses into integer kernels.
+
+    Without ``bias_in_int32`` it computes exactly what ``graph`` computes (the
+    biases' int32 rounding is the only change in values).
+    """
+    graph = integer_weights(graph, plan)
+    names = ir.GraphNames(graph)
+    clip_in_integers(graph, plan, names)
+    sink_dequantize(graph, names)
+    if bias_in_int32:
+        integer_biases(graph, names)
+    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+
+# --- model.int8.onnx ------------------------------------------------------
+
+def clip_in_integers(graph: gs.Graph, plan: QuantPlan, names: ir.GraphNames) -> None:
+    """Each activation's grid and fused Relu/Clip as one integer Clip between its Q and DQ."""
+    nodes = {node.name: node for node in graph.nodes}
+    for point in plan.activations():
+        quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
+        low, high = point.grid.clamp
+        fused = _fused_activation(graph, quant)
+        if fused is not None:
+            bound_low, bound_high = _clip_bounds(fused)
+            low, high = _tighter(point, low, high, bound_low, bound_high)
+            quant.inputs[0] = fused.inputs[0]
+        float_clip = nodes[point.nodes[2]] if len(point.nodes) > 2 else None
+        if float_clip is not None:
+            ir.replace_uses(float_clip.outputs[0], dequant.outputs[0])
+        info = np.iinfo(point.grid.container)
+        if (low, high) != (info.min, info.max):
+            _insert_integer_clip(graph, quant, low, high, names)
+
+
+def _fused_activation(graph: gs.Graph, quant: gs.Node) -> gs.Node | None:
+    """The Relu/Clip whose output only ``quant`` reads, with constant bounds: it folds into the integer Clip."""
+    producer = ir.producer(quant.inputs[0])
+    if producer is None or producer.op not in FUSED_ACTIVATIONS:
+        return None
+    if len(producer.outputs[0].outputs) != 1 or ir.is_graph_output(graph, producer.outputs[0]):
+        return None
+    if producer.op == "Clip" and _clip_bounds(producer) is None:
+        return None
+    return producer
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
+    """A Relu's or Clip's (low, high); None if a bound is not a constant. Absent bounds are None."""
+    if node.op == "Relu":
+        return 0.0, None
+    if len(node.inputs) == 1 and ("min" in node.attrs or "max" in node.attrs):  # Clip before opset 11
+        return node.attrs.get("min"), node.attrs.get("max")
+    bounds = []
+    for index in (1, 2):
+        if index >= len(node.inputs) or not node.inputs[index].name:
+            bounds.append(None)
+            continue
+        value = ir.constant_value(node.inputs[index])
+        if value is None:
+            return None
+        bounds.append(float(value))
+    return bounds[0], bounds[1]
+
+
+def _tighter(point: QuantPoint, low: int, high: int, bound_low: float | None, bound_high: float | None) -> tuple[int, int]:
+    def quantized(bound: float) -> int:
+        return int(quantize(np.float32(bound), point.scale, point.zero_point, point.grid))
+
+    if bound_low is not None:
+        low = max(low, quantized(bound_low))
+    if bound_high is not None:
+        high = min(high, quantized(bound_high))
+    return low, max(low, high)
+
+
+def _insert_integer_clip(graph: gs.Graph, quant: gs.Node, low: int, high: int, names: ir.GraphNames) -> None:
+    """Q -> Clip(low, high) in the integers -> the Q's readers."""
+    quantized = quant.outputs[0]
+    base = quantized.name
+    clipped = gs.Variable(names.tensors.fresh(f"{base}/clipped"), dtype=quantized.dtype, shape=quantized.shape)
+    ir.replace_uses(quantized, clipped)
+    bounds = [gs.Constant(names.tensors.fresh(f"{base}/{label}"), np.asarray(value, quantized.dtype))
+              for label, value in (("low", low), ("high", high))]
+    graph.nodes.append(gs.Node("Clip", names.nodes.fresh(f"{base}/clip"), {}, [quantized, *bounds], [clipped]))
+
+
+def sink_dequantize(graph: gs.Graph, names: ir.GraphNames) -> None:
+    """DQ -> data-movement op becomes op -> DQ: the op moves integers and its reader sees a DQ."""
+    for node in list(graph.nodes):  # topological order: a chain of such ops sinks the DQ to its end
+        dequant = ir.producer(node.inputs[0]) if node.op in DATA_MOVEMENT_OPS and node.inputs else None
+        if dequant is None or dequant.op != "DequantizeLinear" or _per_channel(dequant):
+            continue
+        result = node.outputs[0]
+        moved = gs.Variable(names.tensors.fresh(f"{result.name}/quantized"), dtype=dequant.inputs[0].dtype,
+                            shape=result.shape)
+        node.inputs[0] = dequant.inputs[0]
+        node.outputs[0] = moved
+        graph.nodes.append(gs.Node("DequantizeLinear", names.nodes.fresh(f"{result.name}/dequant"),
+                                   dict(dequant.attrs), [moved, *dequant.inputs[1:]], [result]))
+
+
+def _per_channel(dequant: gs.Node) -> bool:
+    scale = ir.constant_value(dequant.inputs[1])
+    return scale is None or scale.size > 1
+
+
+def integer_biases(graph: gs.Graph, names: ir.GraphNames) -> None:
+    """Each float bias of a quantized weighted op as int32 -> DQ with scale s_x * s_w, as onnxruntime fuses it."""
+    for node in list(graph.nodes):
+        scale = _bias_scale(node)
+        if scale is None:
+            continue
+        bias = node.inputs[2]
+        values = np.clip(np.rint(ir.constant_value(bias) / scale), INT32.min, INT32.max).astype(np.int32)
+        integers = gs.Constant(names.tensors.fresh(f"{bias.name}/int32"), values)
+        bias_scale = gs.Constant(names.tensors.fresh(f"{bias.name}/scale"), scale)
+        zero_point = gs.Constant(names.tensors.fresh(f"{bias.name}/zero_point"), np.zeros(scale.shape, np.int32))
+        dequantized = gs.Variable(names.tensors.fresh(f"{bias.name}/dequantized"), dtype=np.float32, shape=bias.shape)
+        attrs = {"axis": 0} if scale.size > 1 else {}
+        graph.nodes.append(gs.Node("DequantizeLinear", names.nodes.fresh(f"{bias.name}/dequant"), attrs,
+                                   [integers, bias_scale, zero_point], [dequantized]))
+        node.inputs[2] = dequantized
+
+
+def _bias_scale(node: gs.Node) -> np.ndarray | None:
+    """The int32 scale of ``node``'s float constant bias (s_x * s_w, times Gemm's beta); None if it has none.
+
+    Only when both other inputs are DQs, as onnxruntime fuses it. A grouped
+    ConvTranspose's weight scales repeat once per group.
+    """
+    if node.op not in WEIGHTED_OPS or len(node.inputs) < 3 or not node.inputs[2].name:
+        return None
+    bias = ir.constant_value(node.inputs[2])
+    data, weight = (ir.producer(t) for t in node.inputs[:2])
+    if bias is None or bias.dtype != np.float32 or bias.ndim != 1:
+        return None
+    if any(p is None or p.op != "DequantizeLinear" for p in (data, weight)) or _per_channel(data):
+        return None
+    x_scale, w_scale = ir.constant_value(data.inputs[1]), ir.constant_value(weight.inputs[1])
+    if w_scale is None:
+        return None
+    if node.op == "ConvTranspose" and w_scale.size > 1:
+        w_scale = np.tile(w_scale, int(node.attrs.get("group", 1)))
+    if w_scale.size not in (1, bias.size):
+        return None
+    scale = x_scale.astype(np.float32) * w_scale.astype(np.float32)
+    if node.op == "Gemm":
+        scale = scale * np.float32(node.attrs.get("beta", 1.0))
+    return np.asarray(scale, np.float32)
+
+
+# --- checker ----------------------------------------------------------------
+
+def check(model: onnx.ModelProto) -> CheckReport:
+    """What keeps onnxruntime's x86 int8 kernels (u8s8, as FBGEMM) from running ``model``'s weighted ops.
+
+    A weighted op left float on purpose (no DQ on its inputs, or a Conv whose
+    output is not quantized) is not a violation; it is simply not counted.
+    """
+    view = QdqView(model)
+    violations = []
+    if view.opset < 13:
+        violations.append(f"opset {view.opset}: per-channel Q/DQ needs opset 13")
+    for q in view.quantizers.values():
+        violations += _quantizer_violations(view, q)
+    weighted = view.weighted_nodes()
+    fused = 0
+    for node in weighted:
+        found = _fusion_violations(view, node)
+        violations += found
+        fused += not found and _runs_in_int8(view, node)
+    return CheckReport(violations, fused, len(weighted))
+
+
+def _quantizer_violations(view: QdqView, q: Quantizer) -> list[str]:
+    name = q.node.name
+    if q.scale is None or not np.all(q.scale > 0):
+        return [f"{name}: scales must be positive constants"]
+    if q.dtype == np.int32:  # a bias, checked with its op
+        return []
+    if not view.is_weight(q):
+        if q.dtype != np.uint8:
+            return [f"{name}: {q.dtype} activations; the x86 kernels take uint8 activations (u8s8)"]
+        return [f"{name}: per-channel activation; FBGEMM quantizes activations per tensor"] if q.per_channel else []
+    if q.dtype != np.int8 or not q.zero_is_zero:
+        return [f"{name}: weights must be int8 with zero point 0 (FBGEMM's qint8 symmetric)"]
+    return []
+
+
+def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:
+    """Q/DQ around ``node`` that onnxruntime cannot fuse into one integer kernel."""
+    data, weight = view.operands(node)
+    if data is None or weight is None:
+        return []
+    found = []
+    for index, label in ((0, "input"), (1, "weight")):
+        producer = ir.producer(node.inputs[index])
+        if producer is None or producer.op != "DequantizeLinear":
+            found.append(f"{node.name}: its {label} passes through {producer.op if producer else 'nothing'} after "
+                         "its DequantizeLinear; onnxruntime fuses only a DequantizeLinear read directly")
+    if weight.per_channel and weight.axis != weight_axis(node):
+        found.append(f"{node.name}: weight quantized on axis {weight.axis}; the output-channel axis of "
+                     f"{node.op} is {weight_axis(node)}")
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        bias = view.dequantized_input(node, 2)
+        if bias is None or bias.dtype != np.int32:
+            found.append(f"{node.name}: a float bias; onnxruntime fuses only an int32 bias -> DequantizeLinear "
+                         "with scale s_x * s_w")
+    readers = node.outputs[0].outputs
+    if len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS:
+        found.append(f"{node.name}: {readers[0].op} {readers[0].name} sits between it and its QuantizeLinear; "
+                     "fold it into an integer Clip after the QuantizeLinear")
+    return found
+
+
+def _runs_in_int8(view: QdqView, node: gs.Node) -> bool:
+    """Both operands quantized, and the output quantized (Gemm and MatMul may also output float)."""
+    if node.op not in INTEGER_KERNEL_OPS or None in view.operands(node):
+        return False
+    readers = node.outputs[0].outputs
+    quantized_output = bool(readers) and all(r.op == "QuantizeLinear" for r in readers)
+    return quantized_output or node.op in FLOAT_OUTPUT_OPS
+
+
+# --- torch_qparams.json -------------------------------------------------------
+
+def torch_qparams(compiled: Compiled) -> dict[str, Any]:
+    """Activation and weight qparams in torch.ao's terms, by module-like name."""
+    plan, graph = compiled.plan, compiled.graph
+    activations = {p.tensor: p for p in plan.activations()}
+    weights = {p.tensor: p for p in plan.weights()}
+    modules: dict[str, Any] = {}
+    for name in (t.name for t in graph.inputs if t.name in activations):
+        modules[name] = {"op": "input", "output": _activation(activations[name], name)}
+    fused = {_unit_output(graph, node).name for node in graph.nodes if node.op in WEIGHTED_OPS}
+    for node in graph.nodes:
+        if node.op in FUSED_ACTIVATIONS and node.outputs[0].name in fused:
+            continue  # reported as its weighted op's output
+        entry = _module_entry(node, activations, weights, graph)
+        if entry is not None:
+            modules[_unique(_module_name(node, weights), modules)] = entry
+    return {"format": "qcompiler torch qparams 1", "backend": compiled.backend.name, "modules": modules}
+
+
+def _module_entry(node: gs.Node, activations: dict[str, QuantPoint], weights: dict[str, QuantPoint],
+                  graph: gs.Graph) -> dict[str, Any] | None:
+    """A weighted node's input, weight and output qparams, or another node's quantized output; else None."""
+    weight = weights.get(_weight_source(node))
+    output = activations.get(_unit_output(graph, node).name)
+    if weight is None and output is None:
+        return None
+    entry: dict[str, Any] = {"op": node.op, "node": node.name}
+    inputs = [p for p in activations.values() if node.name in p.consumers]
+    if weight is not None:
+        entry["input"] = _activation(inputs[0], inputs[0].tensor) if inputs else None
+        entry["weight"] = _weight(weight)
+    else:
+        entry["inputs"] = [_activation(p, p.tensor) for p in sorted(inputs, key=lambda p: p.tensor)]
+    entry["output"] = _activation(output, output.tensor) if output is not None else None
+    return entry
+
+
+def _weight_source(node: gs.Node) -> str | None:
+    """The float initializer behind a weighted node's quantized weight (weight -> Q -> DQ -> node)."""
+    if node.op not in WEIGHTED_OPS or len(node.inputs) < 2:
+        return None
+    dequant = ir.producer(node.inputs[1])
+    quant = ir.producer(dequant.inputs[0]) if dequant is not None and dequant.op == "DequantizeLinear" else None
+    return quant.inputs[0].name if quant is not None and quant.op == "QuantizeLinear" else None
+
+
+def _unit_output(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
+    """``node``'s output, or that of the Relu/Clip fused with it (as torch fuses Conv+ReLU)."""
+    output = node.outputs[0]
+    readers = output.outputs
+    if node.op in WEIGHTED_OPS and len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS \
+            and not ir.is_graph_output(graph, output):
+        return readers[0].outputs[0]
+    return output
+
+
+def _module_name(node: gs.Node, weights: dict[str, QuantPoint]) -> str:
+    """``features.0.0`` for the weight ``features.0.0.weight``; else the node's scope and op: ``features.3.add``."""
+    source = _weight_source(node)
+    if source is not None and source in weights:
+        base = source.removesuffix("/folded")
+        if base.endswith(".weight"):
+            return base.removesuffix(".weight")
+    *scopes, op = [part for part in node.name.split("/") if part] or [node.op]
+    path = _module_path(scopes)
+    return f"{path}.{op.lower()}" if path else op.lower()
+
+
+def _module_path(scopes: list[str]) -> str:
+    """torch.onnx's node scopes as one module path: /features/features.1/conv/conv.0 -> features.1.conv.0.
+
+    Each scope repeats its parent's attribute name (features -> features.1), so
+    a scope that extends the previous one replaces it instead of adding to it.
+    """
+    path, last = "", ""
+    for scope in scopes:
+        if last and scope.startswith(last + "."):
+            path = path[: len(path) - len(last)] + scope
+        else:
+            path = f"{path}.{scope}" if path else scope
+        last = scope
+    return path
+
+
+def _unique(name: str, taken: dict[str, Any]) -> str:
+    candidate, index = name, 0
+    while candidate in taken:
+        index += 1
+        candidate = f"{name}_{index}"
+    return candidate
+
+
+def _activation(point: QuantPoint, tensor: str) -> dict[str, Any]:
+    return {
+        "tensor": tensor, "dtype": "qint8" if point.grid.signed else "quint8",
+        "qscheme": "per_tensor_symmetric" if point.spec.symmetric else "per_tensor_affine",
+        "scale": float(point.scale), "zero_point": int(point.zero_point),
+        "quant_min": point.grid.qmin, "quant_max": point.grid.qmax, "reduce_range": point.spec.reduce_range,
+    }
+
+
+def _weight(point: QuantPoint) -> dict[str, Any]:
+    per_channel = point.axis is not None
+    kind = "per_channel" if per_channel else "per_tensor"
+    entry = {
+        "tensor": point.tensor, "dtype": "qint8" if point.grid.signed else "quint8",
+        "qscheme": f"{kind}_{'symmetric' if point.spec.symmetric else 'affine'}",
+        "quant_min": point.grid.qmin, "quant_max": point.grid.qmax,
+    }
+    if per_channel:
+        entry.update({"ch_axis": point.axis, "scales": [float(v) for v in point.scale],
+                      "zero_points": [int(v) for v in point.zero_point]})
+    else:
+        entry.update({"scale": float(point.scale), "zero_point": int(point.zero_point)})
+    return entry

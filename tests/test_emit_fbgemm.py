@@ -1,0 +1,166 @@
+"""FBGEMM files: model.int8.onnx runs in onnxruntime's integer kernels, within 1 LSB of its Q/DQ semantics.
+
+RUN: qcompile mobilenetv2_bn.onnx --backend fbgemm --calib photos.npy --out OUT
+OUT/model.int8.onnx: every weighted op fuses into QLinearConv / QGemm; each
+fused unit, fed the same integers, gives what its Q/DQ form gives to 1 LSB;
+before the biases go int32 the rewrite computes exactly model.qdq.onnx.
+OUT/torch_qparams.json carries every quantizer of qparams.json by module name.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from qcompiler import ir, runtime
+from qcompiler.backends import fbgemm
+from qcompiler.cli import main
+from qcompiler.driver import CompileRequest, compile_model
+from qcompiler.report import sqnr_db
+from qcompiler.testing.models import TEST_MODELS
+
+
+@pytest.fixture(scope="module")
+def out(mobilenet_compiled):
+    return mobilenet_compiled("fbgemm")
+
+
+@pytest.fixture(scope="module")
+def int8_model(out):
+    return onnx.load(str(out / "model.int8.onnx"))
+
+
+def _fused_ops(model: onnx.ModelProto, tmp_path) -> Counter:
+    """The ops onnxruntime runs after its graph optimizations (the Q/DQ fusions are 'extended')."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def test_every_weighted_op_runs_in_integer_kernels(int8_model, tmp_path):
+    ops = _fused_ops(int8_model, tmp_path)
+    assert ops["QLinearConv"] == 52 and ops["QGemm"] == 1 and ops["QLinearAdd"] == 10
+    assert ops["QLinearGlobalAveragePool"] == 1
+    assert not ops["Conv"] and not ops["Gemm"] and not ops["DequantizeLinear"]
+
+
+def test_checker_passes_ours_and_lists_what_blocks_fusion(out, int8_model, tmp_path, capsys):
+    assert main(["check", "--backend", "fbgemm", str(out / "model.int8.onnx")]) == 0
+    assert "0 violation(s); 53 of 53 weighted ops" in capsys.readouterr().out
+
+    # the plain Q/DQ model: float biases and float Clips keep onnxruntime from fusing
+    report = fbgemm.check(onnx.load(str(out / "model.qdq.onnx")))
+    assert report.int8_ops == 0
+    assert any("a float bias" in v for v in report.violations)
+    assert any("sits between it and its QuantizeLinear" in v for v in report.violations)
+
+    broken = onnx.ModelProto()
+    broken.CopyFrom(int8_model)
+    weight_zero_point = next(i for i in broken.graph.initializer if i.name.endswith("weight/folded/zero_point"))
+    weight_zero_point.CopyFrom(numpy_helper.from_array(
+        numpy_helper.to_array(weight_zero_point) + np.int8(1), weight_zero_point.name))
+    input_zero_point = next(i for i in broken.graph.initializer if i.name == "input/zero_point")
+    input_zero_point.CopyFrom(numpy_helper.from_array(np.int8(0), input_zero_point.name))
+    path = tmp_path / "broken.onnx"
+    onnx.save(broken, str(path))
+    assert main(["check", "--backend", "fbgemm", str(path)]) == 1
+    text = capsys.readouterr().out
+    assert "weights must be int8 with zero point 0" in text and "take uint8 activations" in text
+
+
+def test_rewrite_computes_exactly_the_qdq_model(shared, mobilenet_photos, tmp_path):
+    calib, held_out = mobilenet_photos
+    result = compile_model(CompileRequest(model=shared.model("mobilenetv2_bn.onnx"), backend="fbgemm",
+                                          out=tmp_path / "out", calib=str(calib)))
+    exact = ir.to_model(fbgemm.int8_graph(result.graph, result.ctx.plan, bias_in_int32=False))
+    feeds = {"input": held_out[:4]}
+    (expected,) = runtime.run(runtime.session(ir.to_model(result.graph), optimize=False), feeds)
+    (actual,) = runtime.run(runtime.session(exact, optimize=False), feeds)
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model, mobilenet_photos, tmp_path):
+    """Each QLinearConv unit, fed the integers the Q/DQ run gives it, lands within 1 LSB of that run."""
+    _, held_out = mobilenet_photos
+    units = _conv_units(int8_model)
+    tensors = sorted({t for unit in units for t in unit})
+    reference = runtime.session(runtime.with_outputs(int8_model, tensors), optimize=False)
+    values = dict(zip(tensors, reference.run(tensors, {"input": held_out[:2]})))
+    extractor = onnx.utils.Extractor(int8_model)
+    exact = 0
+    for source, result in units:
+        unit = extractor.extract_model([source], [result])
+        assert _fused_ops(unit, tmp_path)["QLinearConv"] == 1
+        (integer,) = runtime.run(runtime.session(unit), {source: values[source]})
+        lsb = np.abs(integer.astype(np.int32) - values[result].astype(np.int32))
+        assert lsb.max() <= 1, result
+        exact += np.mean(lsb == 0)
+    assert exact / len(units) > 0.99
+
+
+def _conv_units(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(uint8 input, uint8 output) of every DQ -> Conv -> Q [-> integer Clip] unit."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    units = []
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        source = producer[conv.input[0]].input[0]
+        (quant,) = readers[conv.output[0]]
+        result = quant.output[0]
+        after = readers.get(result, [])
+        if len(after) == 1 and after[0].op_type == "Clip":
+            result = after[0].output[0]
+        units.append((source, result))
+    return units
+
+
+def test_torch_qparams_carry_every_quantizer_by_module_name(out):
+    torch_qparams = json.loads((out / "torch_qparams.json").read_text())["modules"]
+    qparams = {q["tensor"]: q for q in json.loads((out / "qparams.json").read_text())["quantizers"]}
+    seen = set()
+    for name, module in torch_qparams.items():
+        if "weight" in module:
+            weight = module["weight"]
+            assert name + ".weight/folded" == weight["tensor"] or name + ".weight" == weight["tensor"]
+            assert weight["scales"] == [float(np.float32(s)) for s in qparams[weight["tensor"]]["scale"]]
+            assert weight["zero_points"] == [0] * len(weight["scales"]) and weight["ch_axis"] == 0
+            assert weight["qscheme"] == "per_channel_symmetric" and weight["dtype"] == "qint8"
+            seen.add(weight["tensor"])
+        for activation in [module.get("input"), module.get("output"), *module.get("inputs", [])]:
+            if activation is None:
+                continue
+            expected = qparams[activation["tensor"]]
+            assert activation["scale"] == float(np.float32(expected["scale"]))
+            assert activation["zero_point"] == expected["zero_point"]
+            assert (activation["dtype"], activation["quant_min"], activation["quant_max"]) == ("quint8", 0, 127)
+            seen.add(activation["tensor"])
+    assert seen == set(qparams)
+    assert {"features.0.0", "features.1.conv.0.0", "features.3.add", "classifier.1"} <= set(torch_qparams)
+
+
+@pytest.mark.parametrize("model_name", sorted(TEST_MODELS))
+def test_int8_model_of_each_test_model_runs_fused_and_close_to_qdq(model_name, model_file, tmp_path):
+    model = TEST_MODELS[model_name]()
+    dims = [d.dim_value or 16 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal(dims).astype(np.float32))
+    out = tmp_path / "out"
+    compile_model(CompileRequest(model=model_file(model), backend="fbgemm", out=out, calib=str(tmp_path / "calib.npy")))
+    int8 = onnx.load(str(out / "model.int8.onnx"))
+    report = fbgemm.check(int8)
+    ops = _fused_ops(int8, tmp_path)
+    assert not report.violations and report.int8_ops == ops["QLinearConv"] + ops["QGemm"]  # the checker's count is true
+    feeds = {model.graph.input[0].name: rng.standard_normal([2, *dims[1:]]).astype(np.float32)}
+    (expected,) = runtime.run(runtime.session(out / "model.qdq.onnx", optimize=False), feeds)
+    (actual,) = runtime.run(runtime.session(int8), feeds)
+    assert sqnr_db(expected, actual) > 25

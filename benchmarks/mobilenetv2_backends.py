@@ -111,7 +111,7 @@ def photo_folder(folder: Path, photos: list[Path], count: int) -> Path:
 POWER_OF_TWO = {"tvm"}
 
 
-def ort_quantize(backend: str, method: str, calib: np.ndarray, out: Path) -> tuple[Path, float]:
+def ort_quantize(backend: str, method: str, calib: np.ndarray, out: Path, model: Path = MODEL) -> tuple[Path, float]:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -124,7 +124,7 @@ def ort_quantize(backend: str, method: str, calib: np.ndarray, out: Path) -> tup
 
     path = out / f"ort_{backend}_{method}.onnx"
     start = time.perf_counter()
-    quantize_static(str(MODEL), str(path), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(model), str(path), Reader(), quant_format=QuantFormat.QDQ,
                     calibrate_method=getattr(CalibrationMethod, method), **ort_settings()[backend])
     seconds = time.perf_counter() - start
     if backend in POWER_OF_TWO:

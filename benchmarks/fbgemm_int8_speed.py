@@ -1,0 +1,119 @@
+"""FBGEMM's model.int8.onnx in onnxruntime's integer kernels: latency at batch 1 on 1 thread, and fidelity.
+
+Run by hand (not in CI), from the checkout with ../shared beside it, on an idle machine:
+
+    python benchmarks/fbgemm_int8_speed.py [--rounds 5] [--out benchmarks/results/fbgemm_int8.md]
+
+Calibration: the even-numbered photos of ../shared/images; evaluation and
+timing: the odd-numbered ones. Compared, all in onnxruntime's CPU provider
+with its default graph optimizations, 1 intra-op thread, batch 1:
+- the float model (../shared/models/mobilenetv2_bn.onnx);
+- qcompile --backend fbgemm: model.int8.onnx, and model.qdq.onnx for fidelity;
+- onnxruntime's quantize_static in the same scheme (uint8 per-tensor
+  activations, int8 symmetric per-channel weights, QDQ), MinMax, on the
+  model after quant_pre_process (BN folded), as onnxruntime recommends.
+Latency is the median per photo over ``--rounds`` rounds; the models take
+turns within each round so that drift of the machine hits all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mobilenetv2_backends import IMAGENET, MODEL, REPO, SHARED, agreement, ort_quantize  # noqa: E402
+
+from qcompiler.driver import CompileRequest, compile_model  # noqa: E402
+from qcompiler.images import list_images, load_batch  # noqa: E402
+
+
+def single_thread_session(path: Path, optimized_copy: Path | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def kernels(path: Path, work: Path) -> str:
+    """The ops onnxruntime runs for ``path`` after its (extended) graph optimizations, most frequent first."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(work / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return ", ".join(f"{count} {op}" for op, count in ops.most_common())
+
+
+def latencies_ms(models: dict[str, Path], photos: np.ndarray, rounds: int) -> dict[str, float]:
+    sessions = {label: single_thread_session(path) for label, path in models.items()}
+    samples: dict[str, list[float]] = {label: [] for label in models}
+    for session in sessions.values():  # warm-up
+        for photo in photos[:10]:
+            session.run(None, {"input": photo[None]})
+    for _ in range(rounds):
+        for label, session in sessions.items():
+            for photo in photos:
+                start = time.perf_counter()
+                session.run(None, {"input": photo[None]})
+                samples[label].append(time.perf_counter() - start)
+    return {label: 1000 * float(np.median(times)) for label, times in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fbgemm_int8.md")
+    args = parser.parse_args()
+    if not MODEL.exists():
+        raise SystemExit(f"{MODEL} is missing: run from a checkout with ../shared beside it")
+    work = Path(tempfile.mkdtemp(prefix="qcompile-fbgemm-"))
+    photos = list_images(SHARED / "images")
+    calib, held = load_batch(photos[0::2], IMAGENET), load_batch(photos[1::2], IMAGENET)
+    np.save(work / "calib.npy", calib)
+    np.save(work / "held.npy", held)
+
+    out = work / "fbgemm"
+    compile_model(CompileRequest(model=MODEL, backend="fbgemm", out=out, calib=str(work / "calib.npy")))
+    quant_pre_process(str(MODEL), str(work / "preprocessed.onnx"), skip_symbolic_shape=True)
+    theirs, _ = ort_quantize("fbgemm", "MinMax", calib, work, model=work / "preprocessed.onnx")
+    models = {"float (mobilenetv2_bn.onnx)": MODEL, "qcompile model.int8.onnx": out / "model.int8.onnx",
+              "quantize_static, same scheme (MinMax)": theirs}
+    fidelity = {"qcompile model.int8.onnx": agreement(out / "model.int8.onnx", work / "held.npy"),
+                "qcompile model.qdq.onnx": agreement(out / "model.qdq.onnx", work / "held.npy"),
+                "quantize_static, same scheme (MinMax)": agreement(theirs, work / "held.npy")}
+    latency = latencies_ms(models, held, args.rounds)
+    float_ms = latency["float (mobilenetv2_bn.onnx)"]
+
+    lines = [f"# FBGEMM int8 model in onnxruntime ({len(calib)} calibration photos, {len(held)} held out)", "",
+             f"onnxruntime {ort.__version__}, {platform.processor() or platform.machine()}, 1 thread, batch 1, "
+             f"median of {args.rounds} rounds over the held-out photos.", "",
+             "| model | latency | speed-up over float | top-1 / top-5 agreement, logit SQNR |",
+             "|---|---|---|---|"]
+    for label in [*models, "qcompile model.qdq.onnx"]:
+        speed = f"{latency[label]:.2f} ms | {float_ms / latency[label]:.2f}x" if label in latency else "- | -"
+        agree = fidelity.get(label)
+        quality = f"{agree[0]:.1f}% / {agree[1]:.1f}% / {agree[2]:.2f} dB" if agree else "(reference)"
+        lines.append(f"| {label} | {speed} | {quality} |")
+    lines += ["", "Kernels onnxruntime runs:", ""]
+    lines += [f"- {label}: {kernels(path, work)}" for label, path in models.items()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -118,7 +118,9 @@ def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
     return bounds[0], bounds[1]
 
 
-def _tighter(point: QuantPoint, low: int, high: int, bound_low: float | None, bound_high: float | None) -> tuple[int, int]:
+def _tighter(point: QuantPoint, low: int, high: int,
+             bound_low: float | None, bound_high: float | None) -> tuple[int, int]:
+    """[low, high] narrowed to the quantized bounds of a fused Relu/Clip."""
     def quantized(bound: float) -> int:
         return int(quantize(np.float32(bound), point.scale, point.zero_point, point.grid))
 

@@ -5,8 +5,8 @@ fuses into QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool, ...:
 - weights are int8 initializers -> DQ, biases int32 initializers -> DQ with
   scale s_x * s_w (onnxruntime fuses a weighted op only when every input is
   a DQ);
-- the 7-bit activation grid [0, 127] and a fused Relu/Clip become one
-  integer Clip between Q and DQ. Q is monotone, so
+- a fused Relu/Clip (and a grid narrower than its container, < 8 bits)
+  becomes one integer Clip between Q and DQ. Q is monotone, so
   Q(clip(x, a, b)) = clip(Q(x), Q(a), Q(b)): the same values as the float
   Clips they replace, and the weighted op's output now goes straight into Q;
 - a DQ moves below the data-movement ops it feeds (Flatten, Reshape, ...),

@@ -22,43 +22,27 @@ import platform
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mobilenetv2_backends import IMAGENET, MODEL, REPO, SHARED, agreement, ort_quantize  # noqa: E402
 
+from qcompiler import runtime  # noqa: E402
 from qcompiler.driver import CompileRequest, compile_model  # noqa: E402
 from qcompiler.images import list_images, load_batch  # noqa: E402
 
 
-def single_thread_session(path: Path, optimized_copy: Path | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if optimized_copy is not None:
-        options.optimized_model_filepath = str(optimized_copy)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def kernels(path: Path, work: Path) -> str:
-    """The ops onnxruntime runs for ``path`` after its (extended) graph optimizations, most frequent first."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(work / f"{path.stem}.optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return ", ".join(f"{count} {op}" for op, count in ops.most_common())
+def kernels(path: Path) -> str:
+    """The ops onnxruntime runs for ``path``, most frequent first."""
+    return ", ".join(f"{count} {op}" for op, count in runtime.optimized_ops(path).most_common())
 
 
 def latencies_ms(models: dict[str, Path], photos: np.ndarray, rounds: int) -> dict[str, float]:
-    sessions = {label: single_thread_session(path) for label, path in models.items()}
+    sessions = {label: runtime.session(path, threads=1) for label, path in models.items()}
     samples: dict[str, list[float]] = {label: [] for label in models}
     for session in sessions.values():  # warm-up
         for photo in photos[:10]:
@@ -108,7 +92,7 @@ def main() -> None:
         quality = f"{agree[0]:.1f}% / {agree[1]:.1f}% / {agree[2]:.2f} dB" if agree else "(reference)"
         lines.append(f"| {label} | {speed} | {quality} |")
     lines += ["", "Kernels onnxruntime runs:", ""]
-    lines += [f"- {label}: {kernels(path, work)}" for label, path in models.items()]
+    lines += [f"- {label}: {kernels(path)}" for label, path in models.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

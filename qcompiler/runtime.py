@@ -1,6 +1,8 @@
 """Running models in onnxruntime: sessions, feeds, and output comparison."""
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -40,6 +42,23 @@ def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_patter
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def optimized_ops(model: onnx.ModelProto | Path | str) -> Counter:
+    """The ops onnxruntime's CPU provider runs for ``model`` after its graph optimizations, counted by type.
+
+    The 'extended' level: it holds the Q/DQ fusions into integer kernels
+    (QLinearConv, QGemm, ...) but not the layout changes, so the graph it
+    saves is still portable ONNX.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    with tempfile.TemporaryDirectory() as folder:
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def run(model: onnx.ModelProto | Path | str | ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

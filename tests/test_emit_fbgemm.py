@@ -9,11 +9,9 @@ OUT/torch_qparams.json carries every quantizer of qparams.json by module name.
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -35,17 +33,8 @@ def int8_model(out):
     return onnx.load(str(out / "model.int8.onnx"))
 
 
-def _fused_ops(model: onnx.ModelProto, tmp_path) -> Counter:
-    """The ops onnxruntime runs after its graph optimizations (the Q/DQ fusions are 'extended')."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
-
-
-def test_every_weighted_op_runs_in_integer_kernels(int8_model, tmp_path):
-    ops = _fused_ops(int8_model, tmp_path)
+def test_every_weighted_op_runs_in_integer_kernels(int8_model):
+    ops = runtime.optimized_ops(int8_model)
     assert ops["QLinearConv"] == 52 and ops["QGemm"] == 1 and ops["QLinearAdd"] == 10
     assert ops["QLinearGlobalAveragePool"] == 1
     assert not ops["Conv"] and not ops["Gemm"] and not ops["DequantizeLinear"]
@@ -86,7 +75,7 @@ def test_rewrite_computes_exactly_the_qdq_model(shared, mobilenet_photos, tmp_pa
     np.testing.assert_array_equal(actual, expected)
 
 
-def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model, mobilenet_photos, tmp_path):
+def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model, mobilenet_photos):
     """Each QLinearConv unit, fed the integers the Q/DQ run gives it, lands within 1 LSB of that run."""
     _, held_out = mobilenet_photos
     units = _conv_units(int8_model)
@@ -97,7 +86,7 @@ def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model
     exact = 0
     for source, result in units:
         unit = extractor.extract_model([source], [result])
-        assert _fused_ops(unit, tmp_path)["QLinearConv"] == 1
+        assert runtime.optimized_ops(unit)["QLinearConv"] == 1
         (integer,) = runtime.run(runtime.session(unit), {source: values[source]})
         lsb = np.abs(integer.astype(np.int32) - values[result].astype(np.int32))
         assert lsb.max() <= 1, result
@@ -158,7 +147,7 @@ def test_int8_model_of_each_test_model_runs_fused_and_close_to_qdq(model_name, m
     compile_model(CompileRequest(model=model_file(model), backend="fbgemm", out=out, calib=str(tmp_path / "calib.npy")))
     int8 = onnx.load(str(out / "model.int8.onnx"))
     report = fbgemm.check(int8)
-    ops = _fused_ops(int8, tmp_path)
+    ops = runtime.optimized_ops(int8)
     assert not report.violations and report.int8_ops == ops["QLinearConv"] + ops["QGemm"]  # the checker's count is true
     feeds = {model.graph.input[0].name: rng.standard_normal([2, *dims[1:]]).astype(np.float32)}
     (expected,) = runtime.run(runtime.session(out / "model.qdq.onnx", optimize=False), feeds)

@@ -58,7 +58,8 @@ def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, qua
     outputs = [o.name for o in float_model.graph.output]
     fetch = outputs + [out for _, _, out in layers if out not in outputs]
     reference = _fetch(float_model, fetch, feed)
-    quantized = _fetch(quant_model, fetch, feed)
+    # the Q/DQ model as the spec defines it, not onnxruntime's integer kernels
+    quantized = _fetch(quant_model, fetch, feed, fuse_qdq=False)
     report = {
         "format": "qcompiler.report/1",
         "backend": backend,
@@ -73,8 +74,9 @@ def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, qua
     return _dumps(report)
 
 
-def _fetch(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = runtime.session(runtime.with_outputs(model, names), memory_pattern=False)
+def _fetch(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray],
+           fuse_qdq: bool = True) -> dict[str, np.ndarray]:
+    session = runtime.session(runtime.with_outputs(model, names), memory_pattern=False, arena=False, fuse_qdq=fuse_qdq)
     return dict(zip(names, session.run(names, feed)))
 
 

@@ -1,6 +1,8 @@
 """insert_quantizers, calibrate and share_scales on small models, each result executed."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -120,6 +122,18 @@ def test_calibrated_scales_follow_the_rules(tmp_path):
     calib = np.load(tmp_path / "calib.npy")
     activation = result.ctx.plan.points["x"]
     assert inits[activation.scale_tensor] == np.float32(np.abs(calib).max() / 127)
+
+
+def test_report_measures_the_qdq_model_as_the_spec_defines_it(tmp_path):
+    # onnxruntime's fused integer kernels round and saturate their own way; the report must not measure them
+    model = TEST_MODELS["mobilenetv2_inverted_residual"]()
+    result, qdq = compile_with(model, "tensorrt", tmp_path)
+    feeds = {"x": np.load(tmp_path / "calib.npy")[:4]}
+    float_model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    (expected,) = runtime.session(float_model, optimize=False).run(None, feeds)
+    (actual,) = runtime.session(qdq, optimize=False).run(None, feeds)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["outputs"][0]["sqnr_db"] == pytest.approx(sqnr_db(expected, actual), abs=2e-3)
 
 
 def test_fake_quant_error_shrinks_with_more_bits(tmp_path):

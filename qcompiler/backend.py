@@ -91,7 +91,7 @@ class EstimatorConfig:
 class CalibrationConfig:
     activations: EstimatorConfig = field(default_factory=EstimatorConfig)
     weights: EstimatorConfig = field(default_factory=EstimatorConfig)
-    batch_size: int = 16
+    batch_size: int | Literal["auto"] = "auto"   # "auto": sized from the input (passes/calibrate.py)
     size: int | None = None
 
 

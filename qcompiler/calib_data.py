@@ -68,7 +68,7 @@ class CalibrationData:
         return self._batches(batch_size)
 
     def head(self, samples: int) -> Feed:
-        """The first ``samples`` samples as one feed."""
+        """The first ``samples`` samples as one feed ({} when there are none)."""
         parts: list[Feed] = []
         taken = 0
         for feed in self.batches(samples):
@@ -76,7 +76,7 @@ class CalibrationData:
             taken += len(next(iter(feed.values())))
             if taken >= samples:
                 break
-        return {name: np.concatenate([p[name] for p in parts])[:samples] for name in parts[0]}
+        return {name: np.concatenate([p[name] for p in parts])[:samples] for name in parts[0]} if parts else {}
 
 
 def open_data(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None = None,

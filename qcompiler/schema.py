@@ -108,7 +108,21 @@ def _coerce_union(tp: Any, value: Any, path: str) -> Any:
             return coerce(option, value, path)
         except SchemaError as exc:
             errors.append(str(exc))
-    raise SchemaError(errors[0] if len(errors) == 1 else f"{path}: {value!r} fits none of the allowed forms")
+    if len(errors) == 1:
+        raise SchemaError(errors[0])
+    forms = " or ".join(_form(option) for option in options if option is not type(None))
+    raise SchemaError(f"{path}: {value!r} is not {forms}")
+
+
+def _form(tp: Any) -> str:
+    """A type hint as a user reads it: int, 'auto', a mapping."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        return "a mapping"
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce_scalar(tp: type, value: Any, path: str) -> Any:

@@ -104,6 +104,9 @@ def test_set_overrides_are_validated_like_files():
         load_backend("tvm", ["bits"])
     with pytest.raises(UsageError, match="is not an index"):
         load_backend("tvm", ["pipeline[9]=fold_bn"])
+    assert load_backend("tvm").calibration.batch_size == "auto"
+    with pytest.raises(UsageError, match="calibration.batch_size: 'big' is not int or 'auto'"):
+        load_backend("tvm", ["calibration.batch_size=big"])
 
 
 def test_unknown_backend_and_bad_yaml(tmp_path):

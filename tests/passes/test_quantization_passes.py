@@ -16,6 +16,8 @@ from qcompiler.importer import import_model
 from qcompiler.pass_base import PassContext
 from qcompiler.pass_manager import PassManager, StageRecord
 from qcompiler.passes import registry
+from qcompiler.calib_data import CalibrationData
+from qcompiler.passes.calibrate import auto_batch_size
 from qcompiler.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 
@@ -122,6 +124,39 @@ def test_calibrated_scales_follow_the_rules(tmp_path):
     calib = np.load(tmp_path / "calib.npy")
     activation = result.ctx.plan.points["x"]
     assert inits[activation.scale_tensor] == np.float32(np.abs(calib).max() / 127)
+
+
+@pytest.mark.parametrize("estimator", ["minmax", "mean_max", "percentile"])
+def test_calibration_does_not_depend_on_the_batch_size(estimator, tmp_path):
+    model = TEST_MODELS["resnet_basic_block"]()
+    scales = []
+    for batch_size in (1, 3, "auto"):
+        folder = tmp_path / str(batch_size)
+        folder.mkdir()
+        result, _ = compile_with(model, "snpe", folder, f"calibration.activations.estimator={estimator}",
+                                 f"calibration.batch_size={batch_size}")
+        scales.append({name: (p.scale, p.zero_point) for name, p in result.ctx.plan.points.items()})
+    for other in scales[1:]:
+        for name, (scale, zero_point) in scales[0].items():
+            np.testing.assert_allclose(other[name][0], scale, rtol=1e-6, err_msg=name)
+            np.testing.assert_array_equal(other[name][1], zero_point, err_msg=name)
+
+
+@pytest.mark.parametrize("shape, batch_size", [
+    ((3, 224, 224), 2),      # ImageNet photos: 0.6 MB a sample
+    ((3, 48, 192), 13),      # text lines for the PaddleOCR classifier
+    ((16,), 16),             # tiny samples: capped
+    ((3, 1024, 1024), 1),    # one sample is already past the budget
+])
+def test_auto_batch_size_follows_the_input_size(shape, batch_size):
+    sample = np.zeros((4, *shape), np.float32)
+    data = CalibrationData("test", 4, lambda n: iter([{"x": sample[i: i + n]} for i in range(0, 4, n)]))
+    assert auto_batch_size(data) == batch_size
+
+
+def test_a_batch_size_below_one_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="calibration.batch_size is 0; give a positive number or auto"):
+        compile_with(TEST_MODELS["gemm_head"](), "tensorrt", tmp_path, "calibration.batch_size=0")
 
 
 def test_report_measures_the_qdq_model_as_the_spec_defines_it(tmp_path):

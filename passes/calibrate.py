@@ -15,12 +15,14 @@ contain 0; degenerate ranges get a finite, non-zero scale.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler import ir, runtime
-from qcompiler.calib_data import CalibrationData
+from qcompiler.calib_data import CalibrationData, Feed
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.estimators import Estimator, make_estimator, weight_range
 from qcompiler.pass_base import Pass, PassContext, PassResult, Property
@@ -80,7 +82,7 @@ class Calibrate(Pass):
         batch_size = config.batch_size if config.batch_size != "auto" else auto_batch_size(data)
         total = math.ceil(data.count / batch_size) if data.count else None
         samples = 0
-        for feed in ctx.progress(data.batches(batch_size), total, "calibrate"):
+        for feed in ctx.progress(read_ahead(data.batches(batch_size)), total, "calibrate"):
             observer.observe(feed)
             samples += len(next(iter(feed.values())))
         if samples == 0:
@@ -95,6 +97,21 @@ def auto_batch_size(data: CalibrationData) -> int:
     sample = data.head(1)
     sample_bytes = sum(array.nbytes for array in sample.values())
     return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_INPUT_BYTES // max(sample_bytes, 1)))
+
+
+def read_ahead(batches: Iterator[Feed]) -> Iterator[Feed]:
+    """``batches``, each one read in a worker thread while the caller works on the one before.
+
+    Image decoding and onnxruntime both release the GIL, so reading overlaps
+    observing (MobileNetV2, 93 photos: 0.85 s -> 0.65 s). The source is
+    advanced from that one thread, one batch at a time, so a module:function
+    generator needs no locking.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibration-reader") as reader:
+        pending = reader.submit(next, batches, None)
+        while (feed := pending.result()) is not None:
+            pending = reader.submit(next, batches, None)
+            yield feed
 
 
 class Observer:
@@ -124,7 +141,7 @@ class Observer:
         view.outputs += [t for t in outputs if t.name not in existing]
         self.fetch = [t.name for t in outputs]
         self.estimators = estimators
-        self.session = runtime.session(ir.to_model(view), memory_pattern=False)
+        self.session = runtime.session(ir.to_model(view), memory_pattern=False, spinning=False)
 
     def observe(self, feed: dict[str, np.ndarray]) -> None:
         values = dict(zip(self.fetch, self.session.run(self.fetch, feed)))

@@ -23,7 +23,8 @@ def numpy_dtype(ort_type: str) -> type:
 
 
 def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_pattern: bool = True,
-            optimize: bool = True, arena: bool = True, fuse_qdq: bool = True) -> ort.InferenceSession:
+            optimize: bool = True, arena: bool = True, fuse_qdq: bool = True,
+            spinning: bool = True) -> ort.InferenceSession:
     """A CPU session; ``threads=0`` lets onnxruntime choose.
 
     ``optimize=False`` runs the graph as written: Q/DQ in float, as the ONNX
@@ -44,11 +45,17 @@ def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_patter
     ``arena=False`` suits a session run once or twice: onnxruntime's memory
     arena pays off only once its first runs have grown it (MobileNetV2
     report, Q/DQ model with its layer outputs, one run: 0.18 s -> 0.10 s).
+
+    ``spinning=False`` suits a session that shares the CPU with other work
+    between runs (calibration reads the next batch meanwhile): its idle
+    threads then sleep instead of spinning.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_mem_pattern = memory_pattern
     options.enable_cpu_mem_arena = arena
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

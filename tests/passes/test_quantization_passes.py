@@ -17,7 +17,7 @@ from qcompiler.pass_base import PassContext
 from qcompiler.pass_manager import PassManager, StageRecord
 from qcompiler.passes import registry
 from qcompiler.calib_data import CalibrationData
-from qcompiler.passes.calibrate import auto_batch_size
+from qcompiler.passes.calibrate import auto_batch_size, read_ahead
 from qcompiler.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 
@@ -152,6 +152,19 @@ def test_auto_batch_size_follows_the_input_size(shape, batch_size):
     sample = np.zeros((4, *shape), np.float32)
     data = CalibrationData("test", 4, lambda n: iter([{"x": sample[i: i + n]} for i in range(0, 4, n)]))
     assert auto_batch_size(data) == batch_size
+
+
+def test_read_ahead_keeps_the_order_and_raises_the_readers_error():
+    def batches():
+        yield {"x": np.zeros(1)}
+        yield {"x": np.ones(1)}
+        raise UsageError("sample 2 has NaN")
+
+    seen = []
+    with pytest.raises(UsageError, match="sample 2 has NaN"):
+        for feed in read_ahead(batches()):
+            seen.append(float(feed["x"][0]))
+    assert seen == [0.0, 1.0]
 
 
 def test_a_batch_size_below_one_is_a_usage_error(tmp_path):

@@ -64,8 +64,9 @@ class InsertQuantizers(Pass):
             raise QCompileError("quantizers are already placed; list insert_quantizers once")
         points = _Planner(graph, ctx).plan()
         names = ir.GraphNames(graph)
+        tensors = graph.tensors()   # every point quantizes a tensor that is already there
         for point in points:
-            _apply(graph, point, names)
+            _apply(graph, tensors[point.tensor], point, names)
         ctx.plan = QuantPlan({p.tensor: p for p in points})
         shared = sum(1 for members in ctx.plan.groups().values() if len(members) > 1)
         stats = {"activation_points": len(ctx.plan.activations()), "weight_points": len(ctx.plan.weights()),
@@ -345,8 +346,7 @@ def weight_axis(node: gs.Node) -> int:
     return 1  # MatMul with weight (K, N)
 
 
-def _apply(graph: gs.Graph, point: QuantPoint, names: ir.GraphNames) -> None:
-    source = graph.tensors()[point.tensor]
+def _apply(graph: gs.Graph, source: gs.Tensor, point: QuantPoint, names: ir.GraphNames) -> None:
     signed = point.spec.signedness != "unsigned"
     g = grid(point.spec, signed)
     shape: tuple[int, ...] = ()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from qcompiler import ir
@@ -146,11 +147,10 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
 def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext,
                    records: list[StageRecord], emit_flags: dict[str, Any]) -> list[Path]:
     backend = ctx.backend.name
-    float_model = _checked_model(float_graph)
-    files: dict[str, bytes | str] = {"model.onnx": float_model.SerializeToString()}
+    files: dict[str, bytes | str] = {}
+    float_model, files["model.onnx"] = _checked_model(float_graph)
     if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
-        quant_model = _checked_model(graph)
-        files["model.qdq.onnx"] = quant_model.SerializeToString()
+        quant_model, files["model.qdq.onnx"] = _checked_model(graph)
         files["qparams.json"] = qparams_json(ctx.plan, backend)
         if ctx.calibration_data is not None:
             feed = ctx.calibration_data.head(REPORT_SAMPLES)
@@ -165,7 +165,9 @@ def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: P
     return [Path(out_dir) / name for name in files]
 
 
-def _checked_model(graph: gs.Graph):
+def _checked_model(graph: gs.Graph) -> tuple[onnx.ModelProto, bytes]:
+    """``graph`` as a model and serialized, once the checker passed it (weights too, once)."""
     model = ir.to_model(graph)
-    check_model(model, "the compiled model is not valid ONNX")  # weights too, once
-    return model
+    payload = model.SerializeToString()
+    check_model(payload, "the compiled model is not valid ONNX")
+    return model, payload

@@ -45,12 +45,13 @@ class Compiled:
 
 def checked(model: onnx.ModelProto, file_name: str, backend: str, check: Callable[[onnx.ModelProto], CheckReport]) -> bytes:
     """``model`` serialized, once it is valid ONNX and ``check`` finds no violation of ``backend``'s rules."""
-    check_model(model, f"{file_name} is not valid ONNX")
+    payload = model.SerializeToString()
+    check_model(payload, f"{file_name} is not valid ONNX")
     report = check(model)
     if report.violations:
         raise QCompileError(f"{file_name} breaks a {backend} rule: {report.violations[0]} "
                             f"({len(report.violations)} in all; run qcompile check --backend {backend})")
-    return model.SerializeToString()
+    return payload
 
 
 @cache

@@ -79,7 +79,8 @@ def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
     return dim.dim_param or None
 
 
-def check_model(model: onnx.ModelProto, what: str) -> None:
+def check_model(model: onnx.ModelProto | bytes, what: str) -> None:
+    """The ONNX checker on ``model``; pass the serialized model when you have it, to save serializing it again."""
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:

@@ -125,6 +125,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser, "--data", "a folder of images, .npy, .npz or module:function")
     parser.add_argument("--data-size", type=int, metavar="N", help="use the first N samples")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N")
+    parser.add_argument("--onnxruntime-kernels", action="store_true",
+                        help="run QUANT with onnxruntime's fused integer kernels, as its CPU provider deploys it, "
+                             "instead of Q/DQ as the ONNX spec defines them")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     return parser
@@ -207,7 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
     float_model, quant_model = load_model(args.float_model), load_model(args.quant_model)
     data = open_data(args.data, InputSpec.of_model(float_model), preprocess_from(args), args.data_size)
     try:
-        result = evaluate(float_model, quant_model, data, args.batch_size)
+        result = evaluate(float_model, quant_model, data, args.batch_size, args.onnxruntime_kernels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for output in result.outputs:

@@ -5,6 +5,12 @@ outputs ([N, C] logits) top-1 agreement (the same arg-max) and top-5
 agreement (the float top-1 is among the quantized top 5); for every output
 the SQNR in dB over all samples. Both models stream over the same batches;
 only running sums are kept.
+
+The quantized model runs as the ONNX spec defines Q/DQ (float math on the
+integer grid), the arithmetic every backend's integer kernels reproduce;
+``onnxruntime_kernels=True`` runs it the way onnxruntime's CPU provider
+deploys it instead, Q/DQ fused into its own integer kernels, whose x86
+rounding and saturation are onnxruntime's, not the backend's.
 """
 from __future__ import annotations
 
@@ -62,8 +68,10 @@ class Agreement:
 
 
 def evaluate(float_model: onnx.ModelProto | Path, quant_model: onnx.ModelProto | Path, data: CalibrationData,
-             batch_size: int = 16) -> Agreement:
-    reference, quantized = runtime.session(float_model), runtime.session(quant_model)
+             batch_size: int = 16, onnxruntime_kernels: bool = False) -> Agreement:
+    # the same session settings for both, so that a model compared with itself agrees exactly
+    reference = runtime.session(float_model, fuse_qdq=onnxruntime_kernels)
+    quantized = runtime.session(quant_model, fuse_qdq=onnxruntime_kernels)
     names = [o.name for o in reference.get_outputs()]
     if sorted(names) != sorted(o.name for o in quantized.get_outputs()):
         raise ValueError(f"the models' outputs differ: {names} vs {[o.name for o in quantized.get_outputs()]}")

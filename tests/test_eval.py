@@ -1,12 +1,18 @@
 """qcompile eval and the image preprocessing flags."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
 
+from qcompiler import runtime
+from qcompiler.calib_data import InputSpec, open_data
 from qcompiler.cli import build_eval_parser, main, preprocess_from
+from qcompiler.evaluate import evaluate
+from qcompiler.report import sqnr_db
 from qcompiler.errors import UsageError
 from qcompiler.images import Preprocess
 from qcompiler.testing.models import TEST_MODELS
@@ -28,6 +34,23 @@ def test_eval_reports_agreement_and_sqnr(tmp_path, capsys):
     line = capsys.readouterr().out
     assert line.startswith("fc3: SQNR ") and line.endswith("(10 samples)\n")
     assert float(line.split()[2]) > 20
+
+
+def test_eval_runs_qdq_as_the_spec_defines_it_unless_told(tmp_path):
+    model = TEST_MODELS["mobilenetv2_inverted_residual"]()
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    data = np.random.default_rng(1).standard_normal((8, 16, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    assert main([str(tmp_path / "float.onnx"), "-b", "tensorrt", "-o", str(tmp_path / "out"),
+                 "--calib", str(tmp_path / "data.npy"), "-q"]) == 0
+    quant = onnx.load(str(tmp_path / "out" / "model.qdq.onnx"))
+    source = open_data(str(tmp_path / "data.npy"), InputSpec.of_model(model), None, None)
+    (expected,) = runtime.session(model, optimize=False).run(None, {"x": data})
+    (actual,) = runtime.session(quant, optimize=False).run(None, {"x": data})
+    (spec,) = evaluate(model, quant, source).outputs
+    assert spec.sqnr_db == pytest.approx(sqnr_db(expected, actual), abs=1e-3)
+    (fused,) = evaluate(model, quant, source, onnxruntime_kernels=True).outputs
+    assert fused.samples == 8 and math.isfinite(fused.sqnr_db)
 
 
 def test_eval_errors_are_one_line(tmp_path, capsys):

@@ -75,8 +75,8 @@ class Calibrate(Pass):
             return 0
         config = ctx.backend.calibration
         estimators = {p.tensor: make_estimator(config.activations) for p in points}
-        observer = Observer(graph, ctx.plan, estimators)
         data = ctx.calibration_data
+        observer = Observer(graph, ctx.plan, estimators, shares_cpu=data.decodes)
         if config.batch_size != "auto" and config.batch_size < 1:
             raise UsageError(f"calibration.batch_size is {config.batch_size}; give a positive number or auto")
         batch_size = config.batch_size if config.batch_size != "auto" else auto_batch_size(data)
@@ -122,7 +122,7 @@ class Observer:
     others receive the whole tensor.
     """
 
-    def __init__(self, graph: gs.Graph, plan: QuantPlan, estimators: dict[str, Estimator]):
+    def __init__(self, graph: gs.Graph, plan: QuantPlan, estimators: dict[str, Estimator], shares_cpu: bool = False):
         view = _bypass_quantizers(graph, plan)
         tensors = view.tensors()
         self.extrema: dict[str, tuple[str | None, str]] = {}
@@ -141,7 +141,9 @@ class Observer:
         view.outputs += [t for t in outputs if t.name not in existing]
         self.fetch = [t.name for t in outputs]
         self.estimators = estimators
-        self.session = runtime.session(ir.to_model(view), memory_pattern=False, spinning=False)
+        # while the reader decodes the next batch, spinning idle threads would take its core; with
+        # nothing to decode, spinning saves the wake-up of every run (512 samples from an .npy: 2.9 s -> 2.3 s)
+        self.session = runtime.session(ir.to_model(view), memory_pattern=False, spinning=not shares_cpu)
 
     def observe(self, feed: dict[str, np.ndarray]) -> None:
         values = dict(zip(self.fetch, self.session.run(self.fetch, feed)))

@@ -63,6 +63,9 @@ class CalibrationData:
     description: str
     count: int | None
     _batches: Callable[[int], Iterator[Feed]]
+    # whether reading a batch is real work (decoding images, a user's function)
+    # rather than a copy out of an array file
+    decodes: bool = False
 
     def batches(self, batch_size: int) -> Iterator[Feed]:
         return self._batches(batch_size)
@@ -126,7 +129,7 @@ def _image_folder(folder: Path, spec: InputSpec, preprocess: Preprocess | None, 
             batch = load_batch(chunk, preprocess)
             yield {spec.name: _checked(batch, spec, f"{chunk[0].name}")}
 
-    return CalibrationData(f"{len(paths)} images from {folder}", len(paths), batches)
+    return CalibrationData(f"{len(paths)} images from {folder}", len(paths), batches, decodes=True)
 
 
 def _npy(path: Path, spec: InputSpec, limit: int | None) -> CalibrationData:
@@ -218,7 +221,7 @@ def _callable(source: str, inputs: Sequence[InputSpec], limit: int | None) -> Ca
             seen += len(next(iter(feed.values())))
             yield feed
 
-    return CalibrationData(f"feeds from {source}", limit, batches)
+    return CalibrationData(f"feeds from {source}", limit, batches, decodes=True)
 
 
 def _checked(batch: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:

@@ -232,7 +232,7 @@ def check(model: onnx.ModelProto) -> CheckReport:
 
 def _quantizer_violations(view: QdqView, q: Quantizer) -> list[str]:
     name = q.node.name
-    if q.scale is None or not np.all(q.scale > 0):
+    if not q.positive_constant_scales:
         return [f"{name}: scales must be positive constants"]
     if q.dtype == np.int32:  # a bias, checked with its op
         return []

@@ -33,7 +33,7 @@ def check(model: onnx.ModelProto) -> CheckReport:
     violations = [f"{n.name}: {n.op} is rejected by TVM's ONNX frontend; use QuantizeLinear/DequantizeLinear"
                   for n in view.graph.nodes if n.op.startswith("QLinear") or n.op.endswith("Integer")]
     for q in view.quantizers.values():
-        if q.scale is None or not np.all(q.scale > 0):
+        if not q.positive_constant_scales:
             violations.append(f"{q.node.name}: scales must be positive constants")
         elif not np.array_equal(q.scale, np.exp2(np.round(np.log2(q.scale))).astype(q.scale.dtype)):
             violations.append(f"{q.node.name}: a scale that is not a power of two; TVM requantizes by shifts")

@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--list-passes", action="store_true", help="list the registered passes")
     info.add_argument("--show-backend", metavar="NAME", help="print a backend's resolved configuration")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    add_logging_arguments(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -118,6 +117,11 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+
+
 def build_eval_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} eval", description="Compare a quantized model with its float self on data.")
     parser.add_argument("float_model", type=Path, help="the float model")
@@ -128,8 +132,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnxruntime-kernels", action="store_true",
                         help="run QUANT with onnxruntime's fused integer kernels, as its CPU provider deploys it, "
                              "instead of Q/DQ as the ONNX spec defines them")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    add_logging_arguments(parser)
     return parser
 
 
@@ -137,8 +140,7 @@ def build_check_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} check", description="List every rule of a backend that a Q/DQ model breaks.")
     parser.add_argument("model", type=Path, help="the Q/DQ ONNX model")
     parser.add_argument("-b", "--backend", required=True, help="a backend with a checker: " + ", ".join(checkers()))
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-vv: debug)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    add_logging_arguments(parser)
     return parser
 
 

@@ -71,6 +71,10 @@ class Quantizer:
         return self.scale is not None and self.scale.size > 1
 
     @property
+    def positive_constant_scales(self) -> bool:
+        return self.scale is not None and bool(np.all(self.scale > 0))
+
+    @property
     def zero_is_zero(self) -> bool:
         return self.zero_point is None or not np.any(self.zero_point)
 

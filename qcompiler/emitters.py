@@ -73,10 +73,13 @@ def checkers() -> dict[str, ModuleType]:
 
 def emitter_options(name: str, options: dict[str, Any], flags: dict[str, Any], path: str) -> Any:
     """The ``Options`` of emitter ``name``: the YAML's options, then the command-line flags it knows."""
-    options_type = emitter_registry()[name].Options
-    known = {f.name for f in dataclasses.fields(options_type)}
+    known = _option_names(name)
     merged = {**options, **{key: value for key, value in flags.items() if key in known and value is not None}}
-    return schema.build(options_type, merged, path)
+    return schema.build(emitter_registry()[name].Options, merged, path)
+
+
+def _option_names(emitter: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(emitter_registry()[emitter].Options)}
 
 
 def require_flags_used(flags: dict[str, Any], emitters: list[str]) -> None:
@@ -84,8 +87,7 @@ def require_flags_used(flags: dict[str, Any], emitters: list[str]) -> None:
     for key, value in flags.items():
         if value is None:
             continue
-        readers = [name for name in emitters
-                   if key in {f.name for f in dataclasses.fields(emitter_registry()[name].Options)}]
+        readers = [name for name in emitters if key in _option_names(name)]
         if not readers:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag}: this backend emits {', '.join(emitters) or 'no backend files'}, "

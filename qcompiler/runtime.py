@@ -62,8 +62,7 @@ def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_patter
     elif not fuse_qdq:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(_source(model), options, providers=["CPUExecutionProvider"])
 
 
 def optimized_ops(model: onnx.ModelProto | Path | str) -> Counter:
@@ -76,11 +75,15 @@ def optimized_ops(model: onnx.ModelProto | Path | str) -> Counter:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory() as folder:
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(_source(model), options, providers=["CPUExecutionProvider"])
         return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _source(model: onnx.ModelProto | Path | str) -> bytes | str:
+    """What InferenceSession takes: a model's bytes, or its path."""
+    return model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
 
 
 def run(model: onnx.ModelProto | Path | str | ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

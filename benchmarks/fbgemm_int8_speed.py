@@ -31,11 +31,10 @@ import onnxruntime as ort
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mobilenetv2_backends import IMAGENET, MODEL, REPO, SHARED, agreement, ort_quantize  # noqa: E402
+from mobilenetv2_backends import MODEL, REPO, agreement, ort_quantize, split_photos  # noqa: E402
 
 from qcompiler import runtime  # noqa: E402
 from qcompiler.driver import CompileRequest, compile_model  # noqa: E402
-from qcompiler.images import list_images, load_batch  # noqa: E402
 
 
 def kernels(path: Path) -> str:
@@ -63,13 +62,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fbgemm_int8.md")
     args = parser.parse_args()
-    if not MODEL.exists():
-        raise SystemExit(f"{MODEL} is missing: run from a checkout with ../shared beside it")
     work = Path(tempfile.mkdtemp(prefix="qcompile-fbgemm-"))
-    photos = list_images(SHARED / "images")
-    calib, held = load_batch(photos[0::2], IMAGENET), load_batch(photos[1::2], IMAGENET)
-    np.save(work / "calib.npy", calib)
-    np.save(work / "held.npy", held)
+    _, calib, held = split_photos(work)
 
     out = work / "fbgemm"
     compile_model(CompileRequest(model=MODEL, backend="fbgemm", out=out, calib=str(work / "calib.npy")))

@@ -177,18 +177,24 @@ def agreement(quant: Path, held_out: Path, onnxruntime_kernels: bool = False) ->
     return 100 * logits.top1 / logits.samples, 100 * logits.top5 / logits.samples, logits.sqnr_db
 
 
+def split_photos(work: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """The calibration photos (even-numbered), and both halves preprocessed, saved as calib.npy and held.npy."""
+    if not MODEL.exists():
+        raise SystemExit(f"{MODEL} is missing: run from a checkout with ../shared beside it")
+    photos = list_images(SHARED / "images")
+    calib, held = load_batch(photos[0::2], IMAGENET), load_batch(photos[1::2], IMAGENET)
+    np.save(work / "calib.npy", calib)
+    np.save(work / "held.npy", held)
+    return photos[0::2], calib, held
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ort-methods", nargs="+", default=["MinMax", "Percentile"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mobilenetv2_backends.md")
     args = parser.parse_args()
-    if not MODEL.exists():
-        raise SystemExit(f"{MODEL} is missing: run from a checkout with ../shared beside it")
     work = Path(tempfile.mkdtemp(prefix="qcompile-bench-"))
-    photos = list_images(SHARED / "images")
-    calib_photos = photos[0::2]
-    calib, held = load_batch(calib_photos, IMAGENET), load_batch(photos[1::2], IMAGENET)
-    np.save(work / "held.npy", held)
+    calib_photos, calib, held = split_photos(work)
     calib_folder = photo_folder(work / "calib", calib_photos, len(calib_photos))
     float_seconds = float_pass_seconds(calib_folder)
     qcompile = str(Path(sys.executable).with_name("qcompile"))

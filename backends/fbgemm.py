@@ -265,7 +265,8 @@ def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:
             found.append(f"{node.name}: a float bias; onnxruntime fuses only an int32 bias -> DequantizeLinear "
                          "with scale s_x * s_w")
     readers = node.outputs[0].outputs
-    if len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS:
+    if len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS \
+            and any(r.op == "QuantizeLinear" for r in readers[0].outputs[0].outputs):
         found.append(f"{node.name}: {readers[0].op} {readers[0].name} sits between it and its QuantizeLinear; "
                      "fold it into an integer Clip after the QuantizeLinear")
     return found

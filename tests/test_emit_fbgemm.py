@@ -20,7 +20,7 @@ from qcompiler.backends import fbgemm
 from qcompiler.cli import main
 from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.report import sqnr_db
-from qcompiler.testing.models import TEST_MODELS
+from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,16 @@ def test_int8_model_of_each_test_model_runs_fused_and_close_to_qdq(model_name, m
     (expected,) = runtime.run(runtime.session(out / "model.qdq.onnx", optimize=False), feeds)
     (actual,) = runtime.run(runtime.session(int8), feeds)
     assert sqnr_db(expected, actual) > 25
+
+
+def test_a_float_model_output_after_a_fused_relu_is_no_violation(model_file, tmp_path):
+    """Conv -> Relu as the model's output: the Conv runs in float (its output is not quantized); no broken fusion."""
+    b = ModelBuilder("features", 0)
+    y = b.relu("relu", b.conv("conv", b.input("x", ["N", 3, 8, 8]), 3, 16))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal([4, 3, 8, 8]).astype(np.float32))
+    out = tmp_path / "out"
+    compile_model(CompileRequest(model=model_file(b.build([(y, ["N", 16, 8, 8])])), backend="fbgemm", out=out,
+                                 calib=str(tmp_path / "calib.npy")))
+    int8 = onnx.load(str(out / "model.int8.onnx"))
+    report = fbgemm.check(int8)
+    assert (report.violations, report.int8_ops, report.weighted_ops) == ([], 0, 1)

@@ -38,6 +38,7 @@ def test_every_weighted_op_runs_in_integer_kernels(int8_model):
     assert ops["QLinearConv"] == 52 and ops["QGemm"] == 1 and ops["QLinearAdd"] == 10
     assert ops["QLinearGlobalAveragePool"] == 1
     assert not ops["Conv"] and not ops["Gemm"] and not ops["DequantizeLinear"]
+    assert list(_integer_weight(int8_model, "features.0.0.weight").dims) == [32, 4, 3, 3] and ops["Pad"] == 1  # RGB padded into the fast u8s8 kernel
 
 
 def test_checker_passes_ours_and_lists_what_blocks_fusion(out, int8_model, tmp_path, capsys):
@@ -155,6 +156,51 @@ def test_int8_model_of_each_test_model_runs_fused_and_close_to_qdq(model_name, m
     assert sqnr_db(expected, actual) > 25
 
 
+@pytest.mark.parametrize("c_in, c_out, group, padded_to", [(3, 16, 1, 4), (6, 32, 1, 8), (4, 16, 1, None),
+                                                            (3, 12, 1, None), (6, 24, 3, None)])
+def test_conv_input_channels_padded_only_into_the_fast_kernel_and_exactly(c_in, c_out, group, padded_to,
+                                                                        model_file, tmp_path):
+    b = ModelBuilder("stem", 0)
+    y = b.relu("relu", b.conv("conv", b.input("x", ["N", c_in, 8, 8]), c_in, c_out, stride=2, group=group))
+    y = b.conv("head", y, c_out, 8, kernel=1)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.standard_normal([8, c_in, 8, 8]).astype(np.float32))
+    out = tmp_path / "out"
+    compile_model(CompileRequest(model=model_file(b.build([(y, ["N", 8, 4, 4])])), backend="fbgemm", out=out,
+                                 calib=str(tmp_path / "calib.npy")))
+    int8 = onnx.load(str(out / "model.int8.onnx"))
+    assert _integer_weight(int8, "conv.weight").dims[1] == (padded_to or c_in // group)
+    assert runtime.optimized_ops(int8)["QLinearConv"] == 1  # the head's output stays float
+    if padded_to is None:
+        return
+    feeds = {"x": rng.standard_normal([2, c_in, 8, 8]).astype(np.float32)}
+    (padded,) = runtime.run(runtime.session(int8), feeds)
+    (unpadded,) = runtime.run(runtime.session(_without_channel_padding(int8)), feeds)
+    np.testing.assert_array_equal(padded, unpadded)
+
+
+def _without_channel_padding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its Pad bypassed and the padded weight cut back to the channels the Pad added."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    (pad,) = [n for n in graph.node if n.op_type == "Pad"]
+    added = int(numpy_helper.to_array(next(i for i in graph.initializer if i.name == pad.input[1]))[5])
+    for node in graph.node:
+        node.input[:] = [pad.input[0] if name == pad.output[0] else name for name in node.input]
+    graph.node.remove(pad)
+    weight = _integer_weight(model, "conv.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight)[:, :-added], weight.name))
+    del graph.value_info[:]
+    return model
+
+
+def _integer_weight(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    """The int8 initializer behind the weight ``name``."""
+    (weight,) = [i for i in model.graph.initializer
+                 if i.name.startswith(name) and i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1]
+    return weight
+
+
 def test_a_float_model_output_after_a_fused_relu_is_no_violation(model_file, tmp_path):
     """Conv -> Relu as the model's output: the Conv runs in float (its output is not quantized); no broken fusion."""
     b = ModelBuilder("features", 0)
@@ -166,3 +212,4 @@ def test_a_float_model_output_after_a_fused_relu_is_no_violation(model_file, tmp
     int8 = onnx.load(str(out / "model.int8.onnx"))
     report = fbgemm.check(int8)
     assert (report.violations, report.int8_ops, report.weighted_ops) == ([], 0, 1)
+    assert "Pad" not in {node.op_type for node in int8.graph.node}  # a float Conv gains nothing from padding

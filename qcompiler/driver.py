@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import onnx
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
+from qcompiler import ir, runtime
 from qcompiler.backend import BackendConfig, load_backend
 from qcompiler.calib_data import CalibrationData, InputSpec, open_data
 from qcompiler.emitters import Compiled, emit_all, require_flags_used
@@ -148,16 +147,18 @@ def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: P
                    records: list[StageRecord], emit_flags: dict[str, Any]) -> list[Path]:
     backend = ctx.backend.name
     files: dict[str, bytes | str] = {}
-    float_model, files["model.onnx"] = _checked_model(float_graph)
+    float_model = _checked_model(float_graph)
+    files["model.onnx"] = float_model.payload
     if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
-        quant_model, files["model.qdq.onnx"] = _checked_model(graph)
+        quant_model = _checked_model(graph)
+        files["model.qdq.onnx"] = quant_model.payload
         files["qparams.json"] = qparams_json(ctx.plan, backend)
         if ctx.calibration_data is not None:
             feed = ctx.calibration_data.head(REPORT_SAMPLES)
             samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
             files["report.json"] = report_json(backend, ctx.plan, float_model, quant_model,
                                                layer_outputs(graph, ctx.plan), feed, samples)
-        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model, float_model), emit_flags))
+        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model.model, float_model.model), emit_flags))
     files["pipeline.txt"] = pipeline_text(backend, records)
     with staged_output_dir(out_dir) as stage:
         for name, payload in files.items():
@@ -165,9 +166,9 @@ def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: P
     return [Path(out_dir) / name for name in files]
 
 
-def _checked_model(graph: gs.Graph) -> tuple[onnx.ModelProto, bytes]:
+def _checked_model(graph: gs.Graph) -> runtime.Serialized:
     """``graph`` as a model and serialized, once the checker passed it (weights too, once)."""
     model = ir.to_model(graph)
     payload = model.SerializeToString()
     check_model(payload, "the compiled model is not valid ONNX")
-    return model, payload
+    return runtime.Serialized(model, payload)

@@ -13,7 +13,6 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from qcompiler import runtime
@@ -53,9 +52,9 @@ def layer_outputs(graph: gs.Graph, plan: QuantPlan) -> list[tuple[str, str, str]
     return [(n.name, n.op, n.outputs[0].name) for n in graph.nodes if n.name in weighted]
 
 
-def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, quant_model: onnx.ModelProto,
+def report_json(backend: str, plan: QuantPlan, float_model: runtime.Serialized, quant_model: runtime.Serialized,
                 layers: Sequence[tuple[str, str, str]], feed: dict[str, np.ndarray], samples: int) -> str:
-    outputs = [o.name for o in float_model.graph.output]
+    outputs = [o.name for o in float_model.model.graph.output]
     fetch = outputs + [out for _, _, out in layers if out not in outputs]
     reference = _fetch(float_model, fetch, feed)
     # the Q/DQ model as the spec defines it, not onnxruntime's integer kernels
@@ -74,9 +73,9 @@ def report_json(backend: str, plan: QuantPlan, float_model: onnx.ModelProto, qua
     return _dumps(report)
 
 
-def _fetch(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray],
+def _fetch(model: runtime.Serialized, names: list[str], feed: dict[str, np.ndarray],
            fuse_qdq: bool = True) -> dict[str, np.ndarray]:
-    session = runtime.session(runtime.with_outputs(model, names), memory_pattern=False, arena=False, fuse_qdq=fuse_qdq)
+    session = runtime.session(model.with_outputs(names), memory_pattern=False, arena=False, fuse_qdq=fuse_qdq)
     return dict(zip(names, session.run(names, feed)))
 
 

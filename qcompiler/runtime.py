@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,7 +23,7 @@ def numpy_dtype(ort_type: str) -> type:
     return _NUMPY_OF_ORT.get(ort_type, np.float32)
 
 
-def session(model: onnx.ModelProto | Path | str, threads: int = 0, memory_pattern: bool = True,
+def session(model: onnx.ModelProto | bytes | Path | str, threads: int = 0, memory_pattern: bool = True,
             optimize: bool = True, arena: bool = True, fuse_qdq: bool = True,
             spinning: bool = True) -> ort.InferenceSession:
     """A CPU session; ``threads=0`` lets onnxruntime choose.
@@ -81,8 +82,10 @@ def optimized_ops(model: onnx.ModelProto | Path | str) -> Counter:
         return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
 
 
-def _source(model: onnx.ModelProto | Path | str) -> bytes | str:
+def _source(model: onnx.ModelProto | bytes | Path | str) -> bytes | str:
     """What InferenceSession takes: a model's bytes, or its path."""
+    if isinstance(model, bytes):
+        return model
     return model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
 
 
@@ -107,12 +110,36 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     """A copy of ``model`` that also returns the intermediate tensors ``names`` (after its own outputs)."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
-    existing = {o.name for o in exposed.graph.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in exposed.graph.value_info}
-    for name in names:
-        if name not in existing:
-            exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    exposed.graph.output.extend(_added_outputs(model, names))
     return exposed
+
+
+@dataclass(frozen=True)
+class Serialized:
+    """A model and its bytes, kept together so that neither is made twice."""
+
+    model: onnx.ModelProto
+    payload: bytes
+
+    def with_outputs(self, names: Sequence[str]) -> bytes:
+        """The bytes of ``with_outputs(self.model, names)``, made from the payload.
+
+        Protobuf parses two concatenated messages as their merge, and a merge
+        appends repeated fields: the payload followed by a model that holds
+        only the added graph outputs is the model with those outputs, made
+        without copying or serializing the weights again (MobileNetV2: 29 ms
+        -> 3 ms).
+        """
+        added = onnx.ModelProto(graph=onnx.GraphProto(output=_added_outputs(self.model, names)))
+        return self.payload + added.SerializeToString()
+
+
+def _added_outputs(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.ValueInfoProto]:
+    """Output declarations for those of ``names`` that ``model`` does not return yet."""
+    existing = {o.name for o in model.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    return [onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
+            for name in dict.fromkeys(names) if name not in existing]
 
 
 def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:

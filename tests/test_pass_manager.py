@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import onnx
 import onnx_graphsurgeon as gs
 import pytest
+from onnx import numpy_helper
 
+from qcompiler import ir
 from qcompiler.backend import PipelineEntry
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.importer import import_model
 from qcompiler.pass_base import Pass, PassContext, PassResult, Property
 from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text
-from qcompiler.testing.models import ModelBuilder
+from qcompiler.testing.models import ModelBuilder, resnet_bottleneck
+from qcompiler.verify import SKELETON_MIN_BYTES, skeleton_model
 
 HAS_RELU = Property("a Relu", "add_relu", lambda g, ctx: None if any(n.op == "Relu" for n in g.nodes) else "no Relu node")
 
@@ -160,3 +164,17 @@ def test_flags_naming_passes_outside_the_pipeline_are_usage_errors(graph):
         run(graph, ["nope"])
     with pytest.raises(UsageError, match="pipeline.add_relu.cnt: unknown key"):
         run(graph, [PipelineEntry("add_relu", {"cnt": 1})])
+
+
+def test_the_skeleton_verified_after_each_pass_is_the_model_with_its_weights_as_inputs():
+    model = resnet_bottleneck()
+    graph = ir.to_graph(model)
+    skeleton = skeleton_model(graph)
+    large = {t.name for t in model.graph.initializer if numpy_helper.to_array(t).nbytes >= SKELETON_MIN_BYTES}
+    assert large and {i.name for i in skeleton.graph.input} == {"x"} | large
+    assert {t.name for t in skeleton.graph.initializer} == {t.name for t in model.graph.initializer} - large
+    assert [(n.name, list(n.input)) for n in skeleton.graph.node] == [(n.name, list(n.input)) for n in model.graph.node]
+    onnx.checker.check_model(skeleton)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    full = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert {v.name: v.type for v in inferred.graph.value_info} == full

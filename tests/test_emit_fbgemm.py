@@ -9,6 +9,7 @@ OUT/torch_qparams.json carries every quantizer of qparams.json by module name.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,7 +39,8 @@ def test_every_weighted_op_runs_in_integer_kernels(int8_model):
     assert ops["QLinearConv"] == 52 and ops["QGemm"] == 1 and ops["QLinearAdd"] == 10
     assert ops["QLinearGlobalAveragePool"] == 1
     assert not ops["Conv"] and not ops["Gemm"] and not ops["DequantizeLinear"]
-    assert list(_integer_weight(int8_model, "features.0.0.weight").dims) == [32, 4, 3, 3] and ops["Pad"] == 1  # RGB padded into the fast u8s8 kernel
+    # the RGB stem padded to 4 channels, into onnxruntime's fast u8s8 convolution
+    assert list(_integer_weight(int8_model, "features.0.0.weight").dims) == [32, 4, 3, 3] and ops["Pad"] == 1
 
 
 def test_checker_passes_ours_and_lists_what_blocks_fusion(out, int8_model, tmp_path, capsys):
@@ -138,14 +140,20 @@ def test_torch_qparams_carry_every_quantizer_by_module_name(out):
     assert {"features.0.0", "features.1.conv.0.0", "features.3.add", "classifier.1"} <= set(torch_qparams)
 
 
+def _compiled(model: Path, calibration: np.ndarray, tmp_path: Path) -> Path:
+    """``model`` compiled for fbgemm on ``calibration`` (saved as calib.npy); the output folder."""
+    np.save(tmp_path / "calib.npy", calibration)
+    out = tmp_path / "out"
+    compile_model(CompileRequest(model=model, backend="fbgemm", out=out, calib=str(tmp_path / "calib.npy")))
+    return out
+
+
 @pytest.mark.parametrize("model_name", sorted(TEST_MODELS))
 def test_int8_model_of_each_test_model_runs_fused_and_close_to_qdq(model_name, model_file, tmp_path):
     model = TEST_MODELS[model_name]()
     dims = [d.dim_value or 16 for d in model.graph.input[0].type.tensor_type.shape.dim]
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "calib.npy", rng.standard_normal(dims).astype(np.float32))
-    out = tmp_path / "out"
-    compile_model(CompileRequest(model=model_file(model), backend="fbgemm", out=out, calib=str(tmp_path / "calib.npy")))
+    out = _compiled(model_file(model), rng.standard_normal(dims).astype(np.float32), tmp_path)
     int8 = onnx.load(str(out / "model.int8.onnx"))
     report = fbgemm.check(int8)
     ops = runtime.optimized_ops(int8)
@@ -164,10 +172,8 @@ def test_conv_input_channels_padded_only_into_the_fast_kernel_and_exactly(c_in, 
     y = b.relu("relu", b.conv("conv", b.input("x", ["N", c_in, 8, 8]), c_in, c_out, stride=2, group=group))
     y = b.conv("head", y, c_out, 8, kernel=1)
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "calib.npy", rng.standard_normal([8, c_in, 8, 8]).astype(np.float32))
-    out = tmp_path / "out"
-    compile_model(CompileRequest(model=model_file(b.build([(y, ["N", 8, 4, 4])])), backend="fbgemm", out=out,
-                                 calib=str(tmp_path / "calib.npy")))
+    out = _compiled(model_file(b.build([(y, ["N", 8, 4, 4])])), rng.standard_normal([8, c_in, 8, 8]).astype(np.float32),
+                    tmp_path)
     int8 = onnx.load(str(out / "model.int8.onnx"))
     assert _integer_weight(int8, "conv.weight").dims[1] == (padded_to or c_in // group)
     assert runtime.optimized_ops(int8)["QLinearConv"] == 1  # the head's output stays float
@@ -205,10 +211,8 @@ def test_a_float_model_output_after_a_fused_relu_is_no_violation(model_file, tmp
     """Conv -> Relu as the model's output: the Conv runs in float (its output is not quantized); no broken fusion."""
     b = ModelBuilder("features", 0)
     y = b.relu("relu", b.conv("conv", b.input("x", ["N", 3, 8, 8]), 3, 16))
-    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal([4, 3, 8, 8]).astype(np.float32))
-    out = tmp_path / "out"
-    compile_model(CompileRequest(model=model_file(b.build([(y, ["N", 16, 8, 8])])), backend="fbgemm", out=out,
-                                 calib=str(tmp_path / "calib.npy")))
+    calibration = np.random.default_rng(0).standard_normal([4, 3, 8, 8]).astype(np.float32)
+    out = _compiled(model_file(b.build([(y, ["N", 16, 8, 8])])), calibration, tmp_path)
     int8 = onnx.load(str(out / "model.int8.onnx"))
     report = fbgemm.check(int8)
     assert (report.violations, report.int8_ops, report.weighted_ops) == ([], 0, 1)

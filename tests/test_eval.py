@@ -19,12 +19,7 @@ from qcompiler.testing.models import TEST_MODELS
 
 
 def test_eval_reports_agreement_and_sqnr(tmp_path, capsys):
-    model = TEST_MODELS["gemm_head"]()
-    onnx.save(model, str(tmp_path / "float.onnx"))
-    data = np.random.default_rng(0).standard_normal((20, 32, 4, 4)).astype(np.float32)
-    np.save(tmp_path / "data.npy", data)
-    assert main([str(tmp_path / "float.onnx"), "-b", "fbgemm", "-o", str(tmp_path / "out"),
-                 "--calib", str(tmp_path / "data.npy"), "-q"]) == 0
+    _compiled(TEST_MODELS["gemm_head"](), np.random.default_rng(0).standard_normal((20, 32, 4, 4)), "fbgemm", tmp_path)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "float.onnx"), str(tmp_path / "float.onnx"), "--data",
                  str(tmp_path / "data.npy")]) == 0
@@ -38,11 +33,8 @@ def test_eval_reports_agreement_and_sqnr(tmp_path, capsys):
 
 def test_eval_runs_qdq_as_the_spec_defines_it_unless_told(tmp_path):
     model = TEST_MODELS["mobilenetv2_inverted_residual"]()
-    onnx.save(model, str(tmp_path / "float.onnx"))
     data = np.random.default_rng(1).standard_normal((8, 16, 8, 8)).astype(np.float32)
-    np.save(tmp_path / "data.npy", data)
-    assert main([str(tmp_path / "float.onnx"), "-b", "tensorrt", "-o", str(tmp_path / "out"),
-                 "--calib", str(tmp_path / "data.npy"), "-q"]) == 0
+    _compiled(model, data, "tensorrt", tmp_path)
     quant = onnx.load(str(tmp_path / "out" / "model.qdq.onnx"))
     source = open_data(str(tmp_path / "data.npy"), InputSpec.of_model(model), None, None)
     (expected,) = runtime.session(model, optimize=False).run(None, {"x": data})
@@ -52,6 +44,13 @@ def test_eval_runs_qdq_as_the_spec_defines_it_unless_told(tmp_path):
     (fused,) = evaluate(model, quant, source, onnxruntime_kernels=True).outputs
     assert fused.samples == 8 and math.isfinite(fused.sqnr_db)
 
+
+def _compiled(model: onnx.ModelProto, data: np.ndarray, backend: str, tmp_path) -> None:
+    """``model`` saved as float.onnx and ``data`` as data.npy in ``tmp_path``, compiled for ``backend`` into out/."""
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    np.save(tmp_path / "data.npy", data.astype(np.float32))
+    assert main([str(tmp_path / "float.onnx"), "-b", backend, "-o", str(tmp_path / "out"),
+                 "--calib", str(tmp_path / "data.npy"), "-q"]) == 0
 
 def test_eval_errors_are_one_line(tmp_path, capsys):
     onnx.save(TEST_MODELS["gemm_head"](), str(tmp_path / "float.onnx"))

@@ -94,10 +94,9 @@ def _energies(float_model: runtime.Serialized, quant_model: runtime.Serialized, 
     """Each tensor of ``names`` in both models, compared over the samples of ``feed``.
 
     One sample per run, so that only one sample's layer outputs are alive at
-    a time: they were the peak of a MobileNetV2 compile (463 -> 318 MiB), and
-    fresh memory costs page faults (report 0.25 -> 0.2 s). The quantized
-    model runs as the ONNX spec defines Q/DQ, not in onnxruntime's integer
-    kernels.
+    a time: they were the peak of a MobileNetV2 compile (463 -> 318 MiB).
+    The quantized model runs as the ONNX spec defines Q/DQ, not in
+    onnxruntime's integer kernels.
     """
     options = dict(memory_pattern=False, arena=False)
     reference = runtime.session(float_model.with_outputs(names), **options)

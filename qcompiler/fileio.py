@@ -2,26 +2,52 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from qcompiler.errors import UsageError
+
+T = TypeVar("T")
+
+
+def _create_unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], T]) -> T:
+    """``create`` a fresh name in ``parent``, retrying while the name is taken.
+
+    Unlike tempfile's mkstemp/mkdtemp (mode 0600/0700), ``create`` passes the
+    usual modes (0666 for files, 0777 for folders) and the user's umask applies,
+    so outputs get the same permissions as any file the user writes.
+    """
+    for _ in range(100):
+        try:
+            return create(parent / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def _open_new_file(path: Path) -> tuple[int, Path]:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), path
+
+
+def _make_new_dir(path: Path) -> Path:
+    path.mkdir(0o777)
+    return path
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_unique(path.parent, f".{path.name}.", ".tmp", _open_new_file)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -49,7 +75,7 @@ def staged_output_dir(out_dir: Path) -> Iterator[Path]:
     """
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    stage = _create_unique(out_dir.parent, f".{out_dir.name}.", ".partial", _make_new_dir)
     try:
         yield stage
         if not out_dir.exists():

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +197,22 @@ def test_existing_output_dir_keeps_other_files(capsys, model_path, tmp_path):
     assert qcompile(capsys, model_path, "-b", "tensorrt", "-o", out, "-q", "--stop-after", "fold_bn")[0] == 0
     assert (out / "notes.txt").read_text() == "mine"
     onnx.checker.check_model(str(out / "model.onnx"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_outputs_get_the_users_umask_like_any_file(capsys, model_path, calib, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        code, _, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib, "-q")
+        (tmp_path / "o" / "notes").mkdir()
+        code_again, _, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib, "-q")
+    finally:
+        os.umask(previous)
+    assert code == code_again == 0
+    assert stat.S_IMODE((tmp_path / "o").stat().st_mode) == 0o777 & ~umask
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "o").iterdir() if p.is_file()}
+    assert modes == {0o666 & ~umask}  # written into a new folder, then over the same files in an existing one
 
 
 def test_console_script_is_installed(tmp_path):

@@ -16,10 +16,14 @@ Latency is the median per photo over ``--rounds`` rounds; the models take
 turns within each round so that drift of the machine hits all of them.
 Fidelity: the int8 models as onnxruntime runs them, in its integer kernels;
 model.qdq.onnx as the ONNX spec defines Q/DQ (qcompile eval's default).
+Where the time goes: onnxruntime's profiler over the held-out photos, its
+kernel times grouped by kind over the graph it actually runs (after fusion).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import platform
 import sys
 import tempfile
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -40,6 +45,40 @@ from qcompiler.driver import CompileRequest, compile_model  # noqa: E402
 def kernels(path: Path) -> str:
     """The ops onnxruntime runs for ``path``, most frequent first."""
     return ", ".join(f"{count} {op}" for op, count in runtime.optimized_ops(path).most_common())
+
+
+KINDS = ("depthwise convolutions", "other convolutions and Gemm", "input quantization, padding, layout changes",
+         "integer Clips", "Add, pooling, Flatten")
+LAYOUT_OPS = {"QuantizeLinear", "DequantizeLinear", "Pad", "Transpose", "ReorderInput", "ReorderOutput"}
+WEIGHTED_OPS = {"Conv", "FusedConv", "QLinearConv", "Gemm", "QGemm", "MatMul", "QLinearMatMul"}
+
+
+def _kind(node: onnx.NodeProto) -> str:
+    if node.op_type in WEIGHTED_OPS:
+        group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+        return KINDS[0] if group > 1 else KINDS[1]
+    if node.op_type in LAYOUT_OPS:
+        return KINDS[2]
+    return KINDS[3] if node.op_type == "Clip" else KINDS[4]
+
+
+def kernel_time_by_kind(path: Path, photos: np.ndarray, work: Path) -> dict[str, float]:
+    """µs per photo in each kind of kernel, from onnxruntime's profiler, over the graph it runs (1 thread)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(work / f"profile-{path.stem}")
+    options.optimized_model_filepath = str(work / f"optimized-{path.stem}.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    kind_of = {node.name: _kind(node) for node in onnx.load(options.optimized_model_filepath).graph.node}
+    for photo in photos:
+        session.run(None, {"input": photo[None]})
+    totals: collections.Counter = collections.Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[kind_of[event["name"].removesuffix("_kernel_time")]] += event["dur"] / len(photos)
+    return {kind: totals[kind] for kind in KINDS}
 
 
 def latencies_ms(models: dict[str, Path], photos: np.ndarray, rounds: int) -> dict[str, float]:
@@ -88,6 +127,13 @@ def main() -> None:
         agree = fidelity.get(label)
         quality = f"{agree[0]:.1f}% / {agree[1]:.1f}% / {agree[2]:.2f} dB" if agree else "(reference)"
         lines.append(f"| {label} | {speed} | {quality} |")
+    lines += ["", "Where the time goes: kernel time per photo by kind, in µs, from onnxruntime's profiler "
+              "(which adds its own overhead, so the sums exceed the latencies):", "",
+              "| kind | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    profiles = {label: kernel_time_by_kind(path, held, work) for label, path in models.items()}
+    for kind in [*KINDS, "total"]:
+        cells = [f"{sum(p.values()) if kind == 'total' else p[kind]:.0f}" for p in profiles.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += ["", "Kernels onnxruntime runs:", ""]
     lines += [f"- {label}: {kernels(path)}" for label, path in models.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)

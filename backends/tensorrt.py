@@ -24,17 +24,13 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.deploy import CheckReport, QdqView, integer_weights
+from qcompiler.deploy import CheckReport, QdqView, integer_weights, is_integer_op
 from qcompiler.emitters import Compiled, Files, checked
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.passes.insert_quantizers import weight_axis
 
 log = logging.getLogger(__name__)
 
-# ops TensorRT's ONNX parser rejects in a Q/DQ network
-INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
-               "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",
-               "QLinearLeakyRelu", "QLinearSigmoid", "DynamicQuantizeLinear")
 # what a weighted op fuses with: a Q/DQ between them breaks the fusion
 FUSED_AFTER_WEIGHTED = ("Relu", "Clip", "BatchNormalization", "LeakyRelu", "Sigmoid")
 CACHE_QMAX = 127.0
@@ -112,7 +108,7 @@ def check(model: onnx.ModelProto) -> CheckReport:
     if view.opset < 13:
         violations.append(f"opset {view.opset}: TensorRT needs Q/DQ from opset 13 (per-channel axis)")
     for node in view.graph.nodes:
-        if node.op in INTEGER_OPS:
+        if is_integer_op(node.op):
             violations.append(f"{node.name}: {node.op} is not parsed by TensorRT; use QuantizeLinear/DequantizeLinear")
     for quantizer in view.quantizers.values():
         violations += _quantizer_violations(view, quantizer)

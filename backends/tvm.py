@@ -2,8 +2,9 @@
 
 TVM has no parameter file of its own: its ONNX frontend (Relax) turns
 QuantizeLinear/DequantizeLinear into quantize/dequantize and rejects
-QLinearConv. Weights are int8 initializers -> DQ. Every scale being a power
-of two is what makes TVM's requantization a shift.
+QLinearConv, QGemm and ConvInteger (it does import MatMulInteger). Weights
+are int8 initializers -> DQ. Every scale being a power of two is what makes
+TVM's requantization a shift.
 """
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.deploy import CheckReport, QdqView, integer_weights
+from qcompiler.deploy import CheckReport, QdqView, integer_weights, is_integer_op
 from qcompiler.emitters import Compiled, Files, checked
+
+# the integer ops apache-tvm's Relax ONNX frontend imports (0.27: tvm.relax.frontend.onnx's convert map);
+# it has no converter for the others, QLinearConv, QGemm and ConvInteger among them
+RELAX_INTEGER_OPS = ("MatMulInteger", "MatMulInteger16", "DynamicQuantizeLinear")
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ def check(model: onnx.ModelProto) -> CheckReport:
     """Non-power-of-two scales and ops TVM's ONNX frontend rejects; how many weighted ops run quantized."""
     view = QdqView(model)
     violations = [f"{n.name}: {n.op} is rejected by TVM's ONNX frontend; use QuantizeLinear/DequantizeLinear"
-                  for n in view.graph.nodes if n.op.startswith("QLinear") or n.op.endswith("Integer")]
+                  for n in view.graph.nodes if is_integer_op(n.op) and n.op not in RELAX_INTEGER_OPS]
     for q in view.quantizers.values():
         if not q.positive_constant_scales:
             violations.append(f"{q.node.name}: scales must be positive constants")

@@ -26,6 +26,12 @@ DATA_MOVEMENT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def is_integer_op(op: str) -> bool:
+    """An op that computes on quantized integers itself rather than through Q/DQ: the QOperator form
+    (QLinearConv, QGemm, ...), the Integer ops (ConvInteger, MatMulInteger16, ...), dynamic quantization."""
+    return op.startswith(("QLinear", "DynamicQuantize")) or "Integer" in op or op == "QGemm"
+
+
 def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     """A copy of ``graph`` whose quantized weights are integer initializers read by their DQ."""
     graph = graph.copy()

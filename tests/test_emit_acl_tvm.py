@@ -20,6 +20,7 @@ from qcompiler import runtime
 from qcompiler.backends import acl, tvm
 from qcompiler.cli import main
 from qcompiler.report import sqnr_db
+from qcompiler.testing.models import single_node_model
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,22 @@ def test_apache_tvm_imports_compiles_and_matches_onnxruntime(tvm_out, mobilenet_
     (expected,) = runtime.session(model, optimize=False).run(None, {"input": batch})
     actual = machine["main"](tvm_pkg.runtime.tensor(batch))
     assert sqnr_db(expected, actual.numpy()) > 100  # measured: 148 dB, the same float simulation
+
+
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm", "ConvInteger", "MatMulInteger",
+               "MatMulInteger16", "DynamicQuantizeLinear")
+
+
+@pytest.mark.parametrize("op", INTEGER_OPS)
+def test_tvm_checker_flags_exactly_the_integer_ops_relax_cannot_import(op):
+    violations = tvm.check(single_node_model(op)).violations
+    assert bool(violations) == (op not in tvm.RELAX_INTEGER_OPS), violations
+    assert all(f"{op} is rejected by TVM's ONNX frontend" in v for v in violations)
+
+
+def test_relax_integer_ops_match_the_installed_apache_tvm():
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install apache-tvm)")
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    imported = set(_get_convert_map())
+    assert {op for op in INTEGER_OPS if op in imported} == set(tvm.RELAX_INTEGER_OPS)

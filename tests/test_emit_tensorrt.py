@@ -19,6 +19,7 @@ from qcompiler.backends import tensorrt
 from qcompiler.cli import main
 from qcompiler.errors import QCompileError
 from qcompiler.report import sqnr_db
+from qcompiler.testing.models import single_node_model
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,13 @@ def test_checker_catches_a_broken_copy(out, break_it, violation):
     break_it(model)
     report = tensorrt.check(model)
     assert any(violation in v for v in report.violations), report.violations
+
+
+@pytest.mark.parametrize("op", ["QLinearConv", "QGemm", "QLinearSoftmax", "ConvInteger", "MatMulInteger16",
+                                "DynamicQuantizeLinear"])
+def test_checker_rejects_every_integer_op(op):
+    assert tensorrt.check(single_node_model(op)).violations == [
+        f"stray_{op}: {op} is not parsed by TensorRT; use QuantizeLinear/DequantizeLinear"]
 
 
 def test_checker_catches_concat_inputs_on_different_scales(tmp_path, model_file):

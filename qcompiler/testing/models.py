@@ -171,6 +171,15 @@ def conv_transpose_block(seed: int = 5) -> onnx.ModelProto:
     return b.build([(out, ["N", 6, 16, 16])])
 
 
+def single_node_model(op: str) -> onnx.ModelProto:
+    """One ``op`` node from a uint8 input to a uint8 output, attributes and other inputs left out:
+    for checkers that judge a graph by its op types. Not a model to run."""
+    node = helper.make_node(op, ["x"], ["y"], name=f"stray_{op}")
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info("x", TensorProto.UINT8, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 TEST_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "resnet_basic_block": resnet_basic_block,
     "resnet_bottleneck": resnet_bottleneck,

@@ -205,7 +205,6 @@ def test_outputs_get_the_users_umask_like_any_file(capsys, model_path, calib, tm
     previous = os.umask(umask)
     try:
         code, _, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib, "-q")
-        (tmp_path / "o" / "notes").mkdir()
         code_again, _, _ = qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib, "-q")
     finally:
         os.umask(previous)

@@ -19,7 +19,7 @@ from qcompiler.backends import tensorrt
 from qcompiler.cli import main
 from qcompiler.errors import QCompileError
 from qcompiler.report import sqnr_db
-from qcompiler.testing.models import single_node_model
+from qcompiler.testing.models import TEST_MODELS, single_node_model
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +140,6 @@ def test_checker_rejects_every_integer_op(op):
 
 
 def test_checker_catches_concat_inputs_on_different_scales(tmp_path, model_file):
-    from qcompiler.testing.models import TEST_MODELS
-
     path = model_file(TEST_MODELS["inception_concat_block"]())
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((8, 16, 8, 8)).astype(np.float32))

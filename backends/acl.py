@@ -5,9 +5,10 @@
 - ``scale_offset_record.txt``: protobuf text keyed by weighted NODE name:
   scale_d / offset_d of its activation input (exactly the ONNX int8 zero
   point), scale_w / offset_w per weight channel (offset_w all 0).
-AMCT's constraints (BACKENDS.md section 4): Conv/ConvTranspose weights per
-channel or per tensor; Gemm and MatMul weights per tensor; activations int8
-per tensor; weights symmetric; each Q/DQ pair carries identical factors.
+AMCT's constraints (BACKENDS.md section 4): those of ``constraints:`` in
+acl.yaml (Conv/ConvTranspose weights per channel or per tensor, Gemm and
+MatMul weights per tensor, activations int8 per tensor, weights symmetric;
+see emit/rules.py), and each Q/DQ pair carries identical factors.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import numpy as np
 import onnx
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from qcompiler.deploy import CheckReport, QdqView
-from qcompiler.emitters import Compiled, Files, checked
-from qcompiler.passes.insert_quantizers import weight_axis
-
-PER_TENSOR_WEIGHTS = ("Gemm", "MatMul")
+from qcompiler.config.backend import BackendConfig
+from qcompiler.config.loader import load_backend
+from qcompiler.emit.emitters import Compiled, Files, checked
+from qcompiler.emit.qdq_view import CheckReport, QdqView
+from qcompiler.emit.rules import constraint_violations
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    return {"model.acl.onnx": checked(compiled.quant_model, "model.acl.onnx", "acl", check),
+    return {"model.acl.onnx": checked(compiled.quant_model, "model.acl.onnx", compiled.backend, check),
             "scale_offset_record.txt": scale_offset_record(compiled.quant_model)}
 
 
@@ -55,27 +56,18 @@ def parse_record(text: str):
     return text_format.Parse(text, _record_class()())
 
 
-def check(model: onnx.ModelProto) -> CheckReport:
-    """Every AMCT convert_qat_model constraint ``model`` breaks, and how many weighted ops run in int8."""
+def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+    """Every constraint of ``backend`` (shipped acl by default) and of AMCT convert_qat_model ``model``
+    breaks, and how many weighted ops run in int8."""
+    backend = backend or load_backend("acl")
     view = QdqView(model)
-    violations = []
+    violations = constraint_violations(view, backend)
     for q in view.quantizers.values():
-        name, constant = q.node.name, view.is_weight(q)
-        if constant and not q.zero_is_zero:
-            violations.append(f"{name}: weights must be symmetric (offset_w 0)")
-        if not constant and (q.per_channel or q.dtype != np.int8):
-            violations.append(f"{name}: activations must be int8 per-tensor")
         if q.node.op == "QuantizeLinear":
             for reader in q.node.outputs[0].outputs:
                 if reader.op == "DequantizeLinear" and not q.same_factors(view.of(reader)):
-                    violations.append(f"{name}: its DequantizeLinear {reader.name} has other factors; a pair must match")
-    for node in view.weighted_nodes():
-        _, weight = view.operands(node)
-        if weight is not None and weight.per_channel:
-            if node.op in PER_TENSOR_WEIGHTS:
-                violations.append(f"{node.name}: {node.op} weights must be per-tensor for AMCT")
-            elif weight.axis != weight_axis(node):
-                violations.append(f"{node.name}: weight quantized on axis {weight.axis}, not the output channels")
+                    violations.append(f"{q.node.name}: its DequantizeLinear {reader.name} has other factors; "
+                                      "a pair must match")
     return view.report(violations)
 
 

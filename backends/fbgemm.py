@@ -29,14 +29,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
-from qcompiler.deploy import DATA_MOVEMENT_OPS, WEIGHTED_OPS, CheckReport, QdqView, Quantizer, integer_weights
-from qcompiler.emitters import Compiled, Files, checked
-from qcompiler.passes.insert_quantizers import weight_axis
-from qcompiler.qmath import quantize
-from qcompiler.quant_plan import QuantPlan, QuantPoint
+from qcompiler.config.backend import BackendConfig
+from qcompiler.config.loader import load_backend
+from qcompiler.emit.emitters import Compiled, Files, checked
+from qcompiler.emit.integer_weights import integer_weights
+from qcompiler.emit.qdq_view import CheckReport, QdqView
+from qcompiler.emit.rules import constraint_violations
+from qcompiler.graph import ir
+from qcompiler.graph.ops import CLAMP_OPS, DATA_MOVEMENT_OPS, WEIGHTED_OPS, weight_axis
+from qcompiler.quant.plan import QuantPlan, QuantPoint
+from qcompiler.quant.qmath import quantize
 
-FUSED_ACTIVATIONS = ("Relu", "Clip")
 FLOAT_OUTPUT_OPS = ("Gemm", "MatMul")  # QGemm / MatMulIntegerToFloat return float
 INTEGER_KERNEL_OPS = ("Conv", "Gemm", "MatMul")  # onnxruntime's CPU provider has no integer ConvTranspose
 INT32 = np.iinfo(np.int32)
@@ -55,7 +58,7 @@ class Options:
 def emit(compiled: Compiled, options: Options) -> Files:
     model = ir.to_model(int8_graph(compiled.graph, compiled.plan))
     return {
-        "model.int8.onnx": checked(model, "model.int8.onnx", "fbgemm", check),
+        "model.int8.onnx": checked(model, "model.int8.onnx", compiled.backend, check),
         "torch_qparams.json": json.dumps(torch_qparams(compiled), indent=1) + "\n",
     }
 
@@ -100,7 +103,7 @@ def clip_in_integers(graph: gs.Graph, plan: QuantPlan, names: ir.GraphNames) -> 
 def _fused_activation(graph: gs.Graph, quant: gs.Node) -> gs.Node | None:
     """The Relu/Clip whose output only ``quant`` reads, with constant bounds: it folds into the integer Clip."""
     producer = ir.producer(quant.inputs[0])
-    if producer is None or producer.op not in FUSED_ACTIVATIONS:
+    if producer is None or producer.op not in CLAMP_OPS:
         return None
     if len(producer.outputs[0].outputs) != 1 or ir.is_graph_output(graph, producer.outputs[0]):
         return None
@@ -278,18 +281,19 @@ def _bias_scale(node: gs.Node) -> np.ndarray | None:
 
 # --- checker ----------------------------------------------------------------
 
-def check(model: onnx.ModelProto) -> CheckReport:
-    """What keeps onnxruntime's x86 int8 kernels (u8s8, as FBGEMM) from running ``model``'s weighted ops.
+def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+    """What keeps onnxruntime's x86 int8 kernels (u8s8, as FBGEMM) from running ``model``'s weighted ops:
+    what breaks ``backend``'s constraints (shipped fbgemm by default) and what blocks the fusions.
 
     A weighted op left float on purpose (no DQ on its inputs, or a Conv whose
     output is not quantized) is not a violation; it is simply not counted.
     """
+    backend = backend or load_backend("fbgemm")
     view = QdqView(model)
     violations = []
     if view.opset < 13:
         violations.append(f"opset {view.opset}: per-channel Q/DQ needs opset 13")
-    for q in view.quantizers.values():
-        violations += _quantizer_violations(view, q)
+    violations += constraint_violations(view, backend)
     weighted = view.weighted_nodes()
     fused = 0
     for node in weighted:
@@ -297,21 +301,6 @@ def check(model: onnx.ModelProto) -> CheckReport:
         violations += found
         fused += not found and _runs_in_int8(view, node)
     return CheckReport(violations, fused, len(weighted))
-
-
-def _quantizer_violations(view: QdqView, q: Quantizer) -> list[str]:
-    name = q.node.name
-    if not q.positive_constant_scales:
-        return [f"{name}: scales must be positive constants"]
-    if q.dtype == np.int32:  # a bias, checked with its op
-        return []
-    if not view.is_weight(q):
-        if q.dtype != np.uint8:
-            return [f"{name}: {q.dtype} activations; the x86 kernels take uint8 activations (u8s8)"]
-        return [f"{name}: per-channel activation; FBGEMM quantizes activations per tensor"] if q.per_channel else []
-    if q.dtype != np.int8 or not q.zero_is_zero:
-        return [f"{name}: weights must be int8 with zero point 0 (FBGEMM's qint8 symmetric)"]
-    return []
 
 
 def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:
@@ -325,16 +314,13 @@ def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:
         if producer is None or producer.op != "DequantizeLinear":
             found.append(f"{node.name}: its {label} passes through {producer.op if producer else 'nothing'} after "
                          "its DequantizeLinear; onnxruntime fuses only a DequantizeLinear read directly")
-    if weight.per_channel and weight.axis != weight_axis(node):
-        found.append(f"{node.name}: weight quantized on axis {weight.axis}; the output-channel axis of "
-                     f"{node.op} is {weight_axis(node)}")
     if len(node.inputs) > 2 and node.inputs[2].name:
         bias = view.dequantized_input(node, 2)
         if bias is None or bias.dtype != np.int32:
             found.append(f"{node.name}: a float bias; onnxruntime fuses only an int32 bias -> DequantizeLinear "
                          "with scale s_x * s_w")
     readers = node.outputs[0].outputs
-    if len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS \
+    if len(readers) == 1 and readers[0].op in CLAMP_OPS \
             and any(r.op == "QuantizeLinear" for r in readers[0].outputs[0].outputs):
         found.append(f"{node.name}: {readers[0].op} {readers[0].name} sits between it and its QuantizeLinear; "
                      "fold it into an integer Clip after the QuantizeLinear")
@@ -342,8 +328,12 @@ def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:
 
 
 def _runs_in_int8(view: QdqView, node: gs.Node) -> bool:
-    """Both operands quantized, and the output quantized (Gemm and MatMul may also output float)."""
-    if node.op not in INTEGER_KERNEL_OPS or None in view.operands(node):
+    """Both operands quantized (per-channel weights on the output channels), and the output quantized
+    (Gemm and MatMul may also output float)."""
+    data, weight = view.operands(node)
+    if node.op not in INTEGER_KERNEL_OPS or data is None or weight is None:
+        return False
+    if weight.per_channel and weight.axis != weight_axis(node):
         return False
     readers = node.outputs[0].outputs
     quantized_output = bool(readers) and all(r.op == "QuantizeLinear" for r in readers)
@@ -362,7 +352,7 @@ def torch_qparams(compiled: Compiled) -> dict[str, Any]:
         modules[name] = {"op": "input", "output": _activation(activations[name], name)}
     fused = {_unit_output(graph, node).name for node in graph.nodes if node.op in WEIGHTED_OPS}
     for node in graph.nodes:
-        if node.op in FUSED_ACTIVATIONS and node.outputs[0].name in fused:
+        if node.op in CLAMP_OPS and node.outputs[0].name in fused:
             continue  # reported as its weighted op's output
         entry = _module_entry(node, activations, weights, graph)
         if entry is not None:
@@ -401,7 +391,7 @@ def _unit_output(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
     """``node``'s output, or that of the Relu/Clip fused with it (as torch fuses Conv+ReLU)."""
     output = node.outputs[0]
     readers = output.outputs
-    if node.op in WEIGHTED_OPS and len(readers) == 1 and readers[0].op in FUSED_ACTIVATIONS \
+    if node.op in WEIGHTED_OPS and len(readers) == 1 and readers[0].op in CLAMP_OPS \
             and not ir.is_graph_output(graph, output):
         return readers[0].outputs[0]
     return output

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qcompiler.emitters import Compiled, Files
-from qcompiler.quant_plan import QuantPoint
+from qcompiler.emit.emitters import Compiled, Files
+from qcompiler.quant.plan import QuantPoint
 
 
 @dataclass(frozen=True)

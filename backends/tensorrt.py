@@ -7,10 +7,11 @@
   ``TRT-<version>-EntropyCalibration2``, then per activation tensor
   ``name: <hex of big-endian float32 amax/127>``. Weights are not listed.
 - ``dynamic_range.json``: ``{tensor: amax}`` for ``ITensor.setDynamicRange``.
-Rules (BACKENDS.md section 4): opset >= 13, no QLinear/Integer ops, int8 with
-zero point 0 and positive constant scales, activations per-tensor, weights
-per-channel on the output-channel axis, Concat inputs on one scale, and no
-Q/DQ between a weighted op and the activation it fuses with.
+Rules (BACKENDS.md section 4): the quantizer formats of ``constraints:`` in
+tensorrt.yaml (int8, zero point 0, activations per tensor; see emit/rules.py),
+and the parser's own: opset >= 13, no QLinear/Integer ops, a Q read only by
+DQs, Concat inputs on one scale, and no Q/DQ between a weighted op and what
+it fuses with (``placement.fused_activations``).
 """
 from __future__ import annotations
 
@@ -23,16 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from qcompiler import ir
-from qcompiler.deploy import CheckReport, QdqView, integer_weights, is_integer_op
-from qcompiler.emitters import Compiled, Files, checked
+from qcompiler.config.backend import BackendConfig
+from qcompiler.config.loader import load_backend
+from qcompiler.emit.emitters import Compiled, Files, checked
+from qcompiler.emit.integer_weights import integer_weights
+from qcompiler.emit.qdq_view import CheckReport, QdqView
+from qcompiler.emit.rules import constraint_violations
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.passes.insert_quantizers import weight_axis
+from qcompiler.graph import ir
+from qcompiler.graph.ops import is_integer_op
 
 log = logging.getLogger(__name__)
 
-# what a weighted op fuses with: a Q/DQ between them breaks the fusion
-FUSED_AFTER_WEIGHTED = ("Relu", "Clip", "BatchNormalization", "LeakyRelu", "Sigmoid")
 CACHE_QMAX = 127.0
 
 
@@ -44,7 +47,7 @@ class Options:
 def emit(compiled: Compiled, options: Options) -> Files:
     model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
     ranges = activation_amax(compiled)
-    files: Files = {"model.trt.onnx": checked(model, "model.trt.onnx", "tensorrt", check),
+    files: Files = {"model.trt.onnx": checked(model, "model.trt.onnx", compiled.backend, check),
                     "dynamic_range.json": json.dumps(ranges, indent=1, sort_keys=True) + "\n"}
     header = cache_header(options.trt_version)
     if header is None:
@@ -101,8 +104,9 @@ def read_calibration_cache(text: str) -> dict[str, float]:
     return ranges
 
 
-def check(model: onnx.ModelProto) -> CheckReport:
-    """Every TensorRT explicit-quantization rule ``model`` breaks, and how many weighted ops run in int8."""
+def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+    """Every rule of ``backend`` (shipped tensorrt by default) ``model`` breaks; how many weighted ops run in int8."""
+    backend = backend or load_backend("tensorrt")
     view = QdqView(model)
     violations = []
     if view.opset < 13:
@@ -110,45 +114,25 @@ def check(model: onnx.ModelProto) -> CheckReport:
     for node in view.graph.nodes:
         if is_integer_op(node.op):
             violations.append(f"{node.name}: {node.op} is not parsed by TensorRT; use QuantizeLinear/DequantizeLinear")
-    for quantizer in view.quantizers.values():
-        violations += _quantizer_violations(view, quantizer)
+    violations += constraint_violations(view, backend)
+    for q in view.quantizers.values():
+        if q.node.op == "QuantizeLinear" and any(n.op != "DequantizeLinear" for n in q.node.outputs[0].outputs):
+            violations.append(f"{q.node.name}: a QuantizeLinear read by something other than DequantizeLinear "
+                              "cannot fuse")
     for node in view.weighted_nodes():
-        _, weight = view.operands(node)
-        if weight is not None and weight.per_channel and weight.axis != weight_axis(node):
-            violations.append(f"{node.name}: weight quantized on axis {weight.axis}; TensorRT wants the "
-                              f"output-channel axis {weight_axis(node)} for {node.op}")
-        violations += _output_violations(view, node)
+        violations += _output_violations(node, backend.placement.fused_activations)
     violations += _concat_violations(view)
     return view.report(violations)
 
 
-def _quantizer_violations(view: QdqView, q) -> list[str]:
-    found = []
-    name = q.node.name
-    if q.scale is None:
-        found.append(f"{name}: the scale is not a constant")
-    elif not np.all(q.scale > 0):
-        found.append(f"{name}: scales must be positive")
-    if q.dtype != np.int8:
-        found.append(f"{name}: {q.dtype} quantization; TensorRT takes int8")
-    if not q.zero_is_zero:
-        found.append(f"{name}: non-zero zero point; TensorRT quantization is symmetric")
-    if q.per_channel and not view.is_weight(q):
-        found.append(f"{name}: per-channel activation quantization; TensorRT takes per-tensor activations")
-    if q.node.op == "QuantizeLinear":
-        if any(n.op != "DequantizeLinear" for n in q.node.outputs[0].outputs):
-            found.append(f"{name}: a QuantizeLinear read by something other than DequantizeLinear cannot fuse")
-    return found
-
-
-def _output_violations(view: QdqView, node) -> list[str]:
+def _output_violations(node, fused_activations: list[str]) -> list[str]:
     """A Q on a weighted op's output that then feeds the activation it would fuse with."""
     found = []
     for reader in node.outputs[0].outputs:
         if reader.op != "QuantizeLinear":
             continue
         for dequant in reader.outputs[0].outputs:
-            fused = [n.op for n in dequant.outputs[0].outputs if n.op in FUSED_AFTER_WEIGHTED]
+            fused = [n.op for n in dequant.outputs[0].outputs if n.op in fused_activations]
             if fused:
                 found.append(f"{reader.name}: Q/DQ between {node.name} and its {fused[0]} breaks their fusion; "
                              "quantize after the activation")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
-from qcompiler import ir
-from qcompiler.deploy import CheckReport, QdqView, integer_weights, is_integer_op
-from qcompiler.emitters import Compiled, Files, checked
+from qcompiler.config.backend import BackendConfig
+from qcompiler.config.loader import load_backend
+from qcompiler.emit.emitters import Compiled, Files, checked
+from qcompiler.emit.integer_weights import integer_weights
+from qcompiler.emit.qdq_view import CheckReport, QdqView
+from qcompiler.emit.rules import constraint_violations
+from qcompiler.graph import ir
+from qcompiler.graph.ops import is_integer_op
 
 # the integer ops apache-tvm's Relax ONNX frontend imports (0.27: tvm.relax.frontend.onnx's convert map);
 # it has no converter for the others, QLinearConv, QGemm and ConvInteger among them
@@ -29,17 +33,14 @@ class Options:
 
 def emit(compiled: Compiled, options: Options) -> Files:
     model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
-    return {"model.tvm.onnx": checked(model, "model.tvm.onnx", "tvm", check)}
+    return {"model.tvm.onnx": checked(model, "model.tvm.onnx", compiled.backend, check)}
 
 
-def check(model: onnx.ModelProto) -> CheckReport:
-    """Non-power-of-two scales and ops TVM's ONNX frontend rejects; how many weighted ops run quantized."""
+def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+    """Ops TVM's ONNX frontend rejects and what breaks ``backend``'s constraints (shipped tvm by default:
+    power-of-two scales); how many weighted ops run quantized."""
+    backend = backend or load_backend("tvm")
     view = QdqView(model)
     violations = [f"{n.name}: {n.op} is rejected by TVM's ONNX frontend; use QuantizeLinear/DequantizeLinear"
                   for n in view.graph.nodes if is_integer_op(n.op) and n.op not in RELAX_INTEGER_OPS]
-    for q in view.quantizers.values():
-        if not q.positive_constant_scales:
-            violations.append(f"{q.node.name}: scales must be positive constants")
-        elif not np.array_equal(q.scale, np.exp2(np.round(np.log2(q.scale))).astype(q.scale.dtype)):
-            violations.append(f"{q.node.name}: a scale that is not a power of two; TVM requantizes by shifts")
-    return view.report(violations)
+    return view.report(violations + constraint_violations(view, backend))

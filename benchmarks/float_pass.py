@@ -15,9 +15,10 @@ from pathlib import Path
 import onnx
 import yaml
 
-from qcompiler import runtime, schema
-from qcompiler.calib_data import InputSpec, open_data
-from qcompiler.images import Preprocess
+from qcompiler import runtime
+from qcompiler.config import schema
+from qcompiler.data.images import Preprocess
+from qcompiler.data.sources import InputSpec, open_data
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompiler.backend import shipped_backends
-from qcompiler.calib_data import InputSpec, open_data
-from qcompiler.evaluate import evaluate
-from qcompiler.images import Preprocess, list_images, load_batch
+from qcompiler.config.loader import shipped_backends
+from qcompiler.data.images import Preprocess, list_images, load_batch
+from qcompiler.data.sources import InputSpec, open_data
+from qcompiler.measure.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -10,7 +10,7 @@ import inspect
 import pkgutil
 from functools import cache
 
-from qcompiler.pass_base import Pass
+from qcompiler.pipeline.pass_base import Pass
 
 
 @cache

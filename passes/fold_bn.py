@@ -22,10 +22,9 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
-from qcompiler.pass_base import Pass, PassContext, PassResult, Property
-
-FOLD_TARGETS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from qcompiler.graph import ir
+from qcompiler.graph.ops import WEIGHTED_OPS
+from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult, Property
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def _fold_target(graph: gs.Graph, bn: gs.Node) -> tuple[gs.Node | None, str | No
     """The node to fold ``bn`` into, or None with a reason (None: nothing foldable)."""
     y = bn.inputs[0]
     producer = ir.producer(y)
-    if producer is None or producer.op not in FOLD_TARGETS:
+    if producer is None or producer.op not in WEIGHTED_OPS:
         return None, None
     if len(y.outputs) > 1:
         return None, f"{producer.op} {producer.name} output {y.name} has {len(y.outputs)} consumers"

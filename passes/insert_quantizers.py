@@ -4,20 +4,25 @@ Before: y = Conv(x, W, B)
 After:  y = Conv(DQ(Q(x, s_x, z_x)), DQ(Q(W, s_w, z_w)), B)   (scales are placeholders until calibrate)
 Plan, then apply. The plan works per tensor from the backend's op roles and
 graph scheme (BACKENDS.md section 2):
-- a unit is a weighted / eltwise / same_scale / wrapped op together with a
-  Relu or Clip that alone consumes its output: never a quantizer inside;
+- a unit is a weighted / eltwise / same_scale / wrapped op together with the
+  chain of ``placement.fused_activations`` (Relu, Clip) that alone consume
+  its output: never a quantizer inside;
 - consumers demand quantized inputs: weighted ops their activation input
-  (all schemes); Add every input in scheme 3 and its skip input in scheme 2
-  (the input straight from a weighted op fuses into it); Concat every input;
-  wrapped ops (pooling) their input;
-- producers write quantized outputs: every unit in scheme 3, Concat and
-  wrapped ops in all schemes; then every consumer reads the quantized value;
+  (all schemes); eltwise ops (Add) the inputs ``placement.eltwise_inputs``
+  names: all of them (scheme 3), all but the one straight from a weighted
+  op, which fuses into it (``unfused``, scheme 2), or none (scheme 1);
+  Concat every input; wrapped ops (pooling) their input;
+- producers write quantized outputs: every unit when ``placement.unit_outputs``
+  (scheme 3), Concat and wrapped ops always; then every consumer reads the
+  quantized value;
 - pass-through ops (MaxPool, Reshape, ...) get no quantizer: a demand on
   their output moves to their input, whose quantizer they pass through;
 - a graph output stays float (the backend hands float back);
 - Concat inputs and output form one scale group (shared by share_scales).
 Layer overrides (``layers:`` in the backend) match nodes by name regex, op
-type or position (first/last weighted) and skip them or change bits/specs.
+type or position (first/last weighted) and skip them or change bits, specs
+or the estimator of the activations they quantize (the node's inputs, and
+its output where it writes one; the first override to name one wins).
 Only float32 tensors are quantized; ``--explain insert_quantizers`` says why
 each op was or was not.
 """
@@ -30,29 +35,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
-from qcompiler.backend import BackendConfig, LayerOverride, QuantizerSpec
-from qcompiler.errors import QCompileError
-from qcompiler.pass_base import Pass, PassContext, PassResult, Property
-from qcompiler.qmath import grid
-from qcompiler.quant_plan import QuantPlan, QuantPoint
+from qcompiler.config.backend import BackendConfig, EstimatorConfig, LayerOverride, QuantizerSpec
+from qcompiler.config.validate import per_channel_problem
+from qcompiler.errors import QCompileError, UsageError
+from qcompiler.graph import ir
+from qcompiler.graph.ops import weight_axis
+from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
+from qcompiler.pipeline.properties import QUANTIZERS_PLACED
+from qcompiler.quant.plan import QuantPlan, QuantPoint
+from qcompiler.quant.qmath import grid
 
-FUSED_ACTIVATIONS = ("Relu", "Clip")
 UNIT_ROLES = ("weighted", "eltwise", "same_scale", "wrapped")
-
-
-def _no_quantizers(graph: gs.Graph, ctx: PassContext) -> str | None:
-    if not ctx.plan:
-        return "the quantization plan is empty"
-    present = {node.name for node in graph.nodes}
-    for point in ctx.plan.points.values():
-        missing = [n for n in point.nodes if n not in present]
-        if missing:
-            return f"quantizer node {missing[0]} of {point.tensor} is not in the graph"
-    return None
-
-
-QUANTIZERS_PLACED = Property("quantizers", "insert_quantizers", _no_quantizers)
 
 
 class InsertQuantizers(Pass):
@@ -82,6 +75,7 @@ class _Request:
     spec_name: str
     spec: QuantizerSpec
     consumers: list[str] = field(default_factory=list)
+    estimator: EstimatorConfig | None = None   # a layer override's; None: the backend's default
 
 
 class _Planner:
@@ -122,16 +116,16 @@ class _Planner:
         return rule.role
 
     def _find_units(self) -> None:
+        fusable = set(self.backend.placement.fused_activations)
         for node in self.nodes:
             if self.roles[node.name] not in UNIT_ROLES:
                 continue
             out = node.outputs[0]
+            while (len(out.outputs) == 1 and out.outputs[0].op in fusable and out.outputs[0].inputs[0] is out
+                   and not ir.is_graph_output(self.graph, out)):
+                self.fused.add(out.outputs[0].name)
+                out = out.outputs[0].outputs[0]
             self.unit_output[node.name] = out
-            followers = out.outputs
-            if (len(followers) == 1 and followers[0].op in FUSED_ACTIVATIONS and followers[0].inputs[0] is out
-                    and not ir.is_graph_output(self.graph, out)):
-                self.fused.add(followers[0].name)
-                self.unit_output[node.name] = followers[0].outputs[0]
 
     # overrides -----------------------------------------------------------
     def _resolve_overrides(self) -> dict[str, LayerOverride]:
@@ -147,6 +141,10 @@ class _Planner:
     def _skipped(self, node: gs.Node) -> bool:
         override = self.overrides.get(node.name)
         return override is not None and override.skip
+
+    def _estimator(self, node: gs.Node) -> EstimatorConfig | None:
+        override = self.overrides.get(node.name)
+        return override.estimator if override is not None else None
 
     def _spec(self, node: gs.Node, kind: str) -> tuple[str, QuantizerSpec]:
         rule = self.backend.ops.get(node.op)
@@ -183,7 +181,7 @@ class _Planner:
         return f"{node.op} {node.name} has no constant weight"
 
     def _demanded_ports(self, node: gs.Node, role: str) -> tuple[list[int], str]:
-        scheme = self.backend.scheme
+        placement, label = self.backend.placement, self.backend.scheme_label
         float_ports = [i for i, t in enumerate(node.inputs) if _is_float(t) and ir.constant_value(t) is None]
         if role == "weighted":
             return [0], f"activation input of {node.op} {node.name}"
@@ -191,16 +189,17 @@ class _Planner:
             return [0], f"{node.op} {node.name} runs in integers as DQ -> op -> Q"
         if role == "same_scale":
             return float_ports, f"inputs and output of {node.op} {node.name} share one scale"
-        if role == "eltwise" and scheme == 3:
-            return float_ports, f"every input and the output of {node.op} {node.name} (scheme 3)"
-        if role == "eltwise" and scheme == 2:
+        if role == "eltwise" and placement.eltwise_inputs == "all":
+            what = "every input and the output" if placement.unit_outputs else "every input"
+            return float_ports, f"{what} of {node.op} {node.name} ({label})"
+        if role == "eltwise" and placement.eltwise_inputs == "unfused":
             fused = next((i for i in float_ports if self._from_weighted(node.inputs[i])), None)
-            why = f"skip input of {node.op} {node.name} (scheme 2)"
+            why = f"skip input of {node.op} {node.name} ({label})"
             if fused is not None:
                 why += f"; input {node.inputs[fused].name} fuses into its producer"
             return [i for i in float_ports if i != fused], why
         if role == "eltwise":
-            return [], f"{node.op} {node.name} stays float in scheme {scheme}"
+            return [], f"{node.op} {node.name} stays float in {label}"
         return [], ""
 
     def _from_weighted(self, tensor: gs.Tensor) -> bool:
@@ -210,14 +209,14 @@ class _Planner:
 
     def _write_output(self, node: gs.Node) -> None:
         role = self.roles[node.name]
-        writes = role in ("same_scale", "wrapped") or (role in ("weighted", "eltwise") and self.backend.scheme == 3)
-        if not writes:
+        unit_output = role in ("weighted", "eltwise")
+        if not (role in ("same_scale", "wrapped") or (unit_output and self.backend.placement.unit_outputs)):
             return
         out = self.unit_output[node.name]
         if not out.outputs:
             self.ctx.explain(node.name, False, f"output {out.name} is a graph output and stays float")
             return
-        why = f"output of {node.op} {node.name}" + (" (scheme 3)" if role in ("weighted", "eltwise") else "")
+        why = f"output of {node.op} {node.name}" + (f" ({self.backend.scheme_label})" if unit_output else "")
         self._request(self.writes, out, node, why, consumer=None)
 
     def _request(self, table: dict[str, _Request], tensor: gs.Tensor, node: gs.Node, why: str,
@@ -228,6 +227,7 @@ class _Planner:
             request = table[tensor.name] = _Request(why, spec_name, spec)
         elif spec.bits > request.spec.bits:  # two readers want different grids: keep the finer one
             request.spec_name, request.spec = spec_name, spec
+        request.estimator = request.estimator or self._estimator(node)
         if consumer is not None and consumer not in request.consumers:
             request.consumers.append(consumer)
 
@@ -242,13 +242,15 @@ class _Planner:
         self.inherits[out.name] = source.name
         why = f"input of {node.op} {node.name}, which passes it quantized to {', '.join(demand.consumers)}"
         self._request(self.demands, source, node, why, consumer=node.name)
-        self.demands[source.name].spec_name, self.demands[source.name].spec = demand.spec_name, demand.spec
+        moved = self.demands[source.name]
+        moved.spec_name, moved.spec = demand.spec_name, demand.spec
+        moved.estimator = demand.estimator or moved.estimator
         self.ctx.explain(node.name, True, f"passes the quantized {source.name} through; no new quantizer")
 
     # quant points ----------------------------------------------------------
     def _activation_points(self) -> list[QuantPoint]:
         points = []
-        estimator = self.backend.calibration.activations.estimator
+        default = self.backend.calibration.activations
         for name in self._tensor_order():
             write, demand = self.writes.get(name), self.demands.get(name)
             if write is None and demand is None:
@@ -260,6 +262,8 @@ class _Planner:
                 reason = write.reason + (f"; also {demand.reason}" if demand else "")
             else:
                 consumers, request, reason = list(demand.consumers), demand, demand.reason
+            overrides = [r.estimator for r in (request, write, demand) if r is not None and r.estimator is not None]
+            estimator = overrides[0] if overrides else default
             points.append(QuantPoint(name, "activation", request.spec_name, request.spec, consumers, reason,
                                      scale_group=name, estimator=estimator))
         return points
@@ -271,7 +275,7 @@ class _Planner:
 
     def _weight_points(self) -> list[QuantPoint]:
         points: dict[str, QuantPoint] = {}
-        estimator = self.backend.calibration.weights.estimator
+        estimator = self.backend.calibration.weights
         for node in self.nodes:
             if self.roles[node.name] != "weighted" or self._skipped(node):
                 continue
@@ -280,6 +284,10 @@ class _Planner:
                 points[weight.name].consumers.append(node.name)
                 continue
             spec_name, spec = self._spec(node, "weights")
+            problem = per_channel_problem(self.backend, spec, "weights", node.op)
+            if problem:
+                raise UsageError(f"layers: {node.op} {node.name} gets {spec_name}: {problem}; "
+                                 "give this layer a per-tensor spec")
             axis = weight_axis(node) if spec.granularity == "per_channel" else None
             points[weight.name] = QuantPoint(weight.name, "weight", spec_name, spec, [node.name],
                                              f"weight of {node.op} {node.name}", axis=axis,
@@ -333,17 +341,6 @@ def _merge(base: LayerOverride | None, top: LayerOverride) -> LayerOverride:
 def _is_float(tensor: gs.Tensor) -> bool:
     dtype = tensor.values.dtype if isinstance(tensor, gs.Constant) else tensor.dtype
     return dtype is not None and np.dtype(dtype) == np.float32
-
-
-def weight_axis(node: gs.Node) -> int:
-    """The output-channel axis of a weighted op's weight (BACKENDS.md, TensorRT rules)."""
-    if node.op == "Conv":
-        return 0
-    if node.op == "ConvTranspose":
-        return 1
-    if node.op == "Gemm":
-        return 0 if node.attrs.get("transB", 0) else 1
-    return 1  # MatMul with weight (K, N)
 
 
 def _apply(graph: gs.Graph, source: gs.Tensor, point: QuantPoint, names: ir.GraphNames) -> None:

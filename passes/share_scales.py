@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler.pass_base import Pass, PassContext, PassResult
-from qcompiler.passes.calibrate import CALIBRATED
-from qcompiler.quant_plan import QuantPoint, write_qparams
+from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
+from qcompiler.pipeline.properties import CALIBRATED
+from qcompiler.quant.plan import QuantPoint, write_qparams
 
 
 class ShareScales(Pass):

@@ -2,8 +2,8 @@
 
     qcompile MODEL --backend NAME|FILE --out DIR --calib DATA [--dump-dir D] [--set k=v ...]
     qcompile eval FLOAT.onnx QUANT.onnx --data DATA
-    qcompile check --backend NAME MODEL.onnx
-    qcompile --list-backends | --list-passes | --show-backend NAME
+    qcompile check --backend NAME|FILE MODEL.onnx
+    qcompile --list-backends | --list-passes | --show-backend NAME|FILE
 
 Exit codes: 0 success, 1 the compile failed, 2 a usage error. Errors are one
 line on stderr: ``qcompile: error: <what went wrong and what to do>``.
@@ -18,15 +18,19 @@ from typing import Sequence
 
 import yaml
 
-from qcompiler import __version__, schema
-from qcompiler.backend import load_backend, resolved_yaml, shipped_backends
-from qcompiler.driver import CompileRequest, compile_model
-from qcompiler.emitters import checkers
+from qcompiler import __version__
+from qcompiler.config import schema
+from qcompiler.config.loader import backend_label, load_backend, resolved_yaml, shipped_backends
+from qcompiler.data.images import Preprocess
+from qcompiler.driver import CompileRequest, bind_backend, compile_model
+from qcompiler.emit.emitters import EmitOption
+from qcompiler.emit.registry import checkers
 from qcompiler.errors import QCompileError, UsageError, first_line
-from qcompiler.images import Preprocess
-from qcompiler.pass_manager import format_stats
+from qcompiler.pipeline.manager import format_stats
 
 PROG = "qcompile"
+# Older flags for emitter options, kept as aliases of --emit-option KEY=VALUE.
+EMIT_OPTION_ALIASES = {"trt_version": "--trt-version", "encodings_version": "--encodings-version"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,19 +39,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Quantize an FP32 ONNX model exactly as a backend runs it.")
+    parser = _Parser(prog=PROG, description="Quantize an FP32 ONNX model exactly as a backend runs it.",
+                     epilog=f"other commands: '{PROG} eval FLOAT.onnx QUANT.onnx --data DATA' compares a quantized "
+                            f"model with its float self; '{PROG} check --backend NAME|FILE M.onnx' lists every rule "
+                            f"of a backend a Q/DQ model breaks (see {PROG} eval --help, {PROG} check --help)")
     parser.add_argument("model", nargs="?", type=Path, help="the FP32 ONNX model")
     parser.add_argument("-b", "--backend", help="shipped backend name or path of a backend YAML file")
     parser.add_argument("-o", "--out", type=Path, help="output directory (created; files replaced atomically)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a backend field, e.g. --set quantizers.weight.bits=4")
+    add_set_argument(parser)
     add_data_arguments(parser, "--calib", "calibration data: a folder of images, .npy, .npz or module:function")
     parser.add_argument("--calib-size", type=int, metavar="N", help="use the first N calibration samples")
     files = parser.add_argument_group("backend files")
-    files.add_argument("--trt-version", metavar="X.Y.Z", help="TensorRT version the calibration.cache header names "
-                       "(default: the latest 10.x)")
-    files.add_argument("--encodings-version", choices=["0.6.1", "1.0.0", "2.0.0"],
-                       help="layout of SNPE/QNN model.encodings (default 0.6.1)")
+    files.add_argument("--emit-option", dest="emit_options", action="append", default=[], metavar="KEY=VALUE",
+                       help="an option of the backend's emitters, e.g. trt_version=8.6.1 (tensorrt: the "
+                            "calibration.cache header) or encodings_version=1.0.0 (snpe: 0.6.1, 1.0.0, 2.0.0)")
+    for key, flag in EMIT_OPTION_ALIASES.items():
+        files.add_argument(flag, dest=key, metavar="VALUE", help=f"the same as --emit-option {key}=VALUE")
     debug = parser.add_argument_group("seeing inside")
     debug.add_argument("--dump-dir", type=Path, help="write NNN_<pass>.qir/.onnx per stage and pipeline files")
     debug.add_argument("--print-after", action="append", default=[], metavar="PASS", help="print the QIR after PASS")
@@ -60,11 +67,30 @@ def build_parser() -> argparse.ArgumentParser:
     info = parser.add_argument_group("information")
     info.add_argument("--list-backends", action="store_true", help="list the shipped backends")
     info.add_argument("--list-passes", action="store_true", help="list the registered passes")
-    info.add_argument("--show-backend", metavar="NAME", help="print a backend's resolved configuration")
+    info.add_argument("--show-backend", metavar="NAME|FILE", help="print a backend's resolved configuration")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     add_logging_arguments(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a backend field, e.g. --set quantizers.weight.bits=4")
+
+
+def emit_options_from(args: argparse.Namespace) -> list[EmitOption]:
+    """The emitter options of ``--emit-option KEY=VALUE`` and of its alias flags."""
+    options = []
+    for assignment in args.emit_options:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--emit-option {assignment!r}: expected KEY=VALUE, e.g. --emit-option trt_version=8.6.1")
+        options.append(EmitOption(key, text, f"--emit-option {key}"))
+    for key, flag in EMIT_OPTION_ALIASES.items():
+        if getattr(args, key) is not None:
+            options.append(EmitOption(key, getattr(args, key), flag))
+    return options
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
@@ -139,7 +165,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def build_check_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} check", description="List every rule of a backend that a Q/DQ model breaks.")
     parser.add_argument("model", type=Path, help="the Q/DQ ONNX model")
-    parser.add_argument("-b", "--backend", required=True, help="a backend with a checker: " + ", ".join(checkers()))
+    parser.add_argument("-b", "--backend", required=True,
+                        help="shipped backend name or path of a backend YAML file (its constraints and its "
+                             "emitters' rules are checked)")
+    add_set_argument(parser)
     add_logging_arguments(parser)
     return parser
 
@@ -180,7 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_passes:
         return _list_passes()
     if args.show_backend:
-        print(resolved_yaml(load_backend(args.show_backend, args.overrides)), end="")
+        backend = load_backend(args.show_backend, args.overrides)
+        bind_backend(backend, backend_label(args.show_backend))  # its passes and emitters exist, options fit
+        print(resolved_yaml(backend), end="")
         return 0
     missing = [flag for flag, value in (("MODEL", args.model), ("--backend", args.backend), ("--out", args.out))
                if value is None]
@@ -191,8 +222,7 @@ def _run(args: argparse.Namespace) -> int:
         dump_dir=args.dump_dir, print_after=args.print_after, print_after_all=args.print_after_all,
         print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
         explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
-        progress=not args.quiet,
-        emit_flags={"trt_version": args.trt_version, "encodings_version": args.encodings_version},
+        progress=not args.quiet, emit_options=emit_options_from(args),
     ))
     for pass_name in args.explain:
         for explanation in result.ctx.explanations_of(pass_name):
@@ -203,9 +233,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from qcompiler.calib_data import InputSpec, open_data
-    from qcompiler.evaluate import evaluate
-    from qcompiler.importer import load_model
+    from qcompiler.data.sources import InputSpec, open_data
+    from qcompiler.graph.importer import load_model
+    from qcompiler.measure.evaluate import evaluate
 
     if args.data is None:
         raise UsageError(f"give the data to compare on: {PROG} eval FLOAT QUANT --data DIR|FILE.npy|FILE.npz")
@@ -222,14 +252,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Exit 0 when the model keeps every rule, 1 when it breaks one."""
-    from qcompiler.importer import load_model
+    from qcompiler.graph.importer import load_model
 
-    known = checkers()
-    if args.backend not in known:
-        raise UsageError(f"--backend {args.backend}: no checker; backends with one: {', '.join(known)}")
-    report = known[args.backend].check(load_model(args.model))
-    print(report.text(args.backend), end="")
-    return 1 if report.violations else 0
+    backend = load_backend(args.backend, args.overrides)
+    found = checkers(backend)
+    if not found:
+        with_rules = [name for name in shipped_backends() if checkers(load_backend(name))]
+        raise UsageError(f"--backend {args.backend}: no rules to check (no constraints, no emitter with a "
+                         f"checker); backends with rules: {', '.join(with_rules)}")
+    model = load_model(args.model)
+    reports = [check(model, backend) for check in found]
+    for report in reports:
+        print(report.text(backend.name), end="")
+    return 1 if any(report.violations for report in reports) else 0
 
 
 def _print_summary(args: argparse.Namespace, result) -> None:

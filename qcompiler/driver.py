@@ -1,29 +1,45 @@
-"""The compile driver: backend + model in, pipeline run, outputs written atomically."""
+"""The compile driver: backend + model in, pipeline run, outputs written atomically.
+
+Binding a loaded backend to the pass and emitter registries (``bind_backend``)
+happens here, not in the loader: it is the step that imports the passes and
+the emitters, and it checks the pipeline's and the emitters' names and
+options before the model is read.
+"""
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Sequence, TextIO
 
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir, runtime
-from qcompiler.backend import BackendConfig, load_backend
-from qcompiler.calib_data import CalibrationData, InputSpec, open_data
-from qcompiler.emitters import Compiled, emit_all, require_flags_used
+from qcompiler import runtime
+from qcompiler.config.backend import BackendConfig
+from qcompiler.config.loader import backend_label, load_backend
+from qcompiler.config.schema import SchemaError
+from qcompiler.data.images import Preprocess
+from qcompiler.data.sources import CalibrationData, InputSpec, open_data
+from qcompiler.emit.emitters import BoundEmitter, Compiled, EmitOption
+from qcompiler.emit.registry import bind_emitters, emit_all
 from qcompiler.errors import UsageError
 from qcompiler.fileio import check_output_dir, staged_output_dir, write_atomic
-from qcompiler.images import Preprocess
-from qcompiler.importer import import_model, require_model_file
-from qcompiler.instruments import DumpInstrument, PrintInstrument
-from qcompiler.pass_base import PassContext
-from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text, require_in_pipeline
+from qcompiler.graph import ir
+from qcompiler.graph.importer import import_model, require_model_file
+from qcompiler.graph.verify import check_model
+from qcompiler.measure.report import layer_outputs, qparams_json, report_json
 from qcompiler.passes import registry
-from qcompiler.report import layer_outputs, qparams_json, report_json
-from qcompiler.verify import check_model
-
+from qcompiler.pipeline.instruments import DumpInstrument, PrintInstrument
+from qcompiler.pipeline.manager import (
+    BoundPass,
+    PassManager,
+    StageRecord,
+    bind_pipeline,
+    pipeline_text,
+    require_in_pipeline,
+)
+from qcompiler.pipeline.pass_base import PassContext
 
 # how many calibration samples report.json compares float and quantized on
 REPORT_SAMPLES = 4
@@ -46,7 +62,25 @@ class CompileRequest:
     calib_size: int | None = None
     preprocess: Preprocess | None = None
     progress: bool = False
-    emit_flags: dict[str, Any] = field(default_factory=dict)   # emitter options from the command line
+    emit_options: list[EmitOption] = field(default_factory=list)   # emitter options from the command line
+
+
+@dataclass(frozen=True)
+class BoundBackend:
+    """A backend whose pipeline and emitters are bound to their registries, options checked."""
+
+    config: BackendConfig
+    passes: list[BoundPass]
+    emitters: list[BoundEmitter]
+
+
+def bind_backend(config: BackendConfig, label: str, emit_options: Sequence[EmitOption] = ()) -> BoundBackend:
+    """``config``'s passes and emitters from their registries; a name or option they lack is exit 2."""
+    try:
+        return BoundBackend(config, bind_pipeline(config.pipeline, registry()),
+                            bind_emitters(config.emit, emit_options))
+    except SchemaError as exc:
+        raise SchemaError(f"backend {label}: {exc}") from None
 
 
 @dataclass
@@ -68,20 +102,18 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     """
     print_stream = print_stream or sys.stderr
     backend = load_backend(request.backend, request.overrides)
+    bound = bind_backend(backend, backend_label(request.backend), request.emit_options)
     pipeline_names = [entry.name for entry in backend.pipeline]
     for flag, names in (("--print-after", request.print_after), ("--explain", request.explain)):
         for name in names:
             require_in_pipeline(flag, name, pipeline_names)
     float_keeper = _FloatModelKeeper()
-    manager = PassManager(
-        backend.pipeline, registry(), [*_instruments(request, backend, print_stream), float_keeper],
-        stop_after=request.stop_after, disabled=request.disable,
-    )
+    manager = PassManager(bound.passes, [*_instruments(request, backend, print_stream), float_keeper],
+                          stop_after=request.stop_after, disabled=request.disable)
     require_model_file(request.model)
     if request.calib is None and _runs(backend, "calibrate", request):
         raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
                          "(or --stop-after a pass before calibrate)")
-    require_flags_used(request.emit_flags, [entry.name for entry in backend.emit])
     check_output_dir(request.out, protected=[request.model])
     if request.dump_dir is not None:
         check_output_dir(request.dump_dir, protected=[request.model])
@@ -95,7 +127,7 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         ctx.progress = _progress_bar
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records, request.emit_flags)
+    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records, bound.emitters)
     return CompileResult(backend, graph, records, ctx, outputs)
 
 
@@ -144,7 +176,7 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
 
 
 def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext,
-                   records: list[StageRecord], emit_flags: dict[str, Any]) -> list[Path]:
+                   records: list[StageRecord], emitters: list[BoundEmitter]) -> list[Path]:
     backend = ctx.backend.name
     files: dict[str, bytes | str] = {}
     float_model = _checked_model(float_graph)
@@ -158,7 +190,7 @@ def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: P
             samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
             files["report.json"] = report_json(backend, ctx.plan, float_model, quant_model,
                                                layer_outputs(graph, ctx.plan), feed, samples)
-        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model.model, float_model.model), emit_flags))
+        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model.model, float_model.model), emitters))
     files["pipeline.txt"] = pipeline_text(backend, records)
     with staged_output_dir(out_dir) as stage:
         for name, payload in files.items():

@@ -80,7 +80,7 @@ class SharedData:
         return path
 
     def images(self, count: int) -> list[Path]:
-        from qcompiler.images import list_images
+        from qcompiler.data.images import list_images
 
         if not SHARED_IMAGES.is_dir():
             pytest.skip(f"{SHARED_IMAGES} is not available")
@@ -113,7 +113,7 @@ def mobilenet_photos(shared, tmp_path_factory):
     """32 preprocessed photos as calib.npy, and 16 more held out (an array)."""
     import numpy as np
 
-    from qcompiler.images import Preprocess, load_batch
+    from qcompiler.data.images import Preprocess, load_batch
 
     images = shared.images(48)
     preprocess = Preprocess(**IMAGENET_PREPROCESS)

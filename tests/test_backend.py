@@ -1,10 +1,12 @@
-"""Backend files: the shipped ones load, the loader is strict, extends and --set work."""
+"""Backend files: the shipped ones load, the loader is strict, extends and --set work, constraints hold."""
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from qcompiler.backend import load_backend, resolved_yaml, shipped_backends
+from qcompiler.config.backend import SCHEMES, Placement
+from qcompiler.config.loader import load_backend, resolved_yaml, shipped_backends
+from qcompiler.driver import bind_backend
 from qcompiler.errors import UsageError
 
 SHIPPED = ["academic", "acl", "fbgemm", "snpe", "tensorrt", "tvm"]
@@ -53,13 +55,24 @@ def test_table1_settings():
     ({"ops": {"Conv": "weigthed"}}, "ops.Conv.role: 'weigthed' is not one of"),
     ({"scheme": 4}, "scheme: 4 is not one of 1, 2, 3"),
     ({"quantizers": {"weight": {"bits": "eight"}}}, "quantizers.weight.bits: expected int, got str 'eight'"),
-    ({"quantizers": {"weight": {"bits": 1}}}, "quantizers.weight.bits: 1 is outside 2..16"),
+    ({"quantizers": {"weight": {"bits": 1}}}, "quantizers.weight.bits: 1 is outside 2..8"),
+    ({"quantizers": {"weight": {"bits": 16}}}, "quantizers.weight.bits: 16 is outside 2..8"),
     ({"ops": {"Gemm": {"role": "weighted", "weights": "w4"}}}, "ops.Gemm.weights: unknown quantizer spec 'w4'"),
-    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: calibrate, fold_bn"),
-    ({"pipeline": [{"name": "fold_bn", "options": {"standalon": "keep"}}]}, "pipeline[0].options.standalon: unknown key"),
-    ({"emit": ["tensorrt_cache"]}, "emit[0]: unknown emitter 'tensorrt_cache'"),
     ({"layers": [{"match": {"name": "("}}]}, "layers[0].match.name: not a regular expression"),
     ({"calibration": {"activations": {"estimator": "entropyy"}}}, "calibration.activations.estimator: 'entropyy'"),
+    ({"calibration": {"activations": {"estimator": "kl"}}},
+     "calibration.activations.estimator: 'kl' is not one of 'minmax', 'mean_max', 'percentile'"),
+    ({"calibration": {"weights": {"estimator": "mse"}}}, "calibration.weights.estimator: 'mse' is not one of 'minmax'"),
+    ({"calibration": {"activations": {"estimator": "minmax", "percentile": 0.99}}},
+     "calibration.activations: percentile is read only by the percentile estimator, not by minmax"),
+    ({"calibration": {"activations": {"estimator": "percentile", "percentile": 0.2}}},
+     "calibration.activations: percentile 0.2 must be in (0.5, 1]"),
+    ({"calibration": {"activations": {"momentum": 0.9}}}, "calibration.activations.momentum: unknown key"),
+    ({"calibration": {"batch_size": -1}}, "calibration.batch_size is -1; give a positive number or auto"),
+    ({"calibration": {"size": 0}}, "calibration.size is 0; give a positive number of samples"),
+    ({"layers": [{"match": {"name": "conv"}, "estimator": {"estimator": "percentile", "percentile": 2}}]},
+     "layers[0].estimator: percentile 2.0 must be in (0.5, 1]"),
+    ({"placement": {"eltwise_inputs": "some"}}, "placement.eltwise_inputs: 'some' is not one of 'all', 'unfused'"),
 ])
 def test_strict_loader_names_the_path(tmp_path, mutation, message):
     path = write_yaml(tmp_path, "user.yaml", {"extends": "tensorrt", **mutation})
@@ -68,6 +81,84 @@ def test_strict_loader_names_the_path(tmp_path, mutation, message):
     assert message in str(info.value)
     assert str(info.value).startswith("backend user.yaml: ")
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("mutation, message", [
+    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: calibrate, fold_bn"),
+    ({"pipeline": [{"name": "fold_bn", "options": {"standalon": "keep"}}]}, "pipeline[0].options.standalon: unknown key"),
+    ({"emit": ["tensorrt_cache"]}, "emit[0]: unknown emitter 'tensorrt_cache'"),
+    ({"emit": [{"name": "tensorrt", "options": {"trt_versoin": "8.6"}}]}, "emit[0].options.trt_versoin: unknown key"),
+])
+def test_binding_names_the_path_of_unknown_passes_emitters_and_options(tmp_path, mutation, message):
+    path = write_yaml(tmp_path, "user.yaml", {"extends": "tensorrt", **mutation})
+    config = load_backend(path)  # names of passes and emitters are the driver's to bind, not the loader's
+    with pytest.raises(UsageError) as info:
+        bind_backend(config, "user.yaml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("backend user.yaml: ")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("backend, override, message", [
+    ("tensorrt", "quantizers.activation.symmetric=false",
+     "quantizers.activation.symmetric is false, but constraints.activations.symmetric allows only true"),
+    ("tvm", "quantizers.activation.scale=float",
+     "quantizers.activation.scale is float, but constraints.activations.scale allows only power_of_two"),
+    ("fbgemm", "quantizers.activation.signedness=signed",
+     "quantizers.activation.signedness is signed, but constraints.activations.signedness allows only unsigned"),
+    ("tensorrt", "quantizers.activation.signedness=adaptive",
+     "quantizers.activation.signedness is adaptive, but constraints.activations.signedness allows only signed"),
+    ("acl", "ops.Gemm.weights=weight",
+     "ops.Gemm.weights names weight, which is per_channel, but constraints.weights.per_channel_ops allows "
+     "per-channel weights only on Conv, ConvTranspose, not Gemm"),
+    ("acl", "layers=[{match: {op_type: MatMul}, weights: weight}]",
+     "layers[0].weights names weight, which is per_channel"),
+    ("tensorrt", "layers=[{match: {name: conv1}, activations: mine}]", "layers[0].activations: unknown quantizer spec"),
+    ("snpe", "quantizers.activation.granularity=per_channel",
+     "quantizers.activation.granularity is per_channel, but constraints.activations.granularity allows only per_tensor"),
+    ("academic", "quantizers.activation.granularity=per_channel",
+     "quantizers.activation.granularity is per_channel; activations are quantized per tensor"),
+])
+def test_a_spec_that_breaks_the_constraints_is_refused_at_load(backend, override, message):
+    with pytest.raises(UsageError) as info:
+        load_backend(backend, [override])
+    assert message in str(info.value) and info.value.exit_code == 2
+
+
+def test_layer_bits_are_checked_against_the_constraints(tmp_path):
+    path = write_yaml(tmp_path, "w8only.yaml", {"extends": "tensorrt", "constraints": {"weights": {"bits": [8]}},
+                                                "layers": [{"match": {"position": "last_weighted"}, "bits": 4}]})
+    with pytest.raises(UsageError, match=r"layers\[0\].bits is 4, but constraints.weights.bits allows only 8"):
+        load_backend(path)
+
+
+def test_every_shipped_backend_keeps_its_own_constraints():
+    for name in SHIPPED:
+        load_backend(name)  # validate() raises on any contradiction
+    acl = load_backend("acl")
+    assert acl.constraints.weights.per_channel_ops == ["Conv", "ConvTranspose"]
+    assert load_backend("academic").constraints == type(acl.constraints)()  # a simulation: anything goes
+
+
+def test_scheme_presets_the_placement_and_explicit_fields_win(tmp_path):
+    for name in SHIPPED:
+        config = load_backend(name)
+        assert {key: getattr(config.placement, key) for key in SCHEMES[config.scheme]} == SCHEMES[config.scheme]
+        assert config.scheme_label == f"scheme {config.scheme}"
+    assert load_backend("tvm", ["scheme=2"]).placement.eltwise_inputs == "unfused"
+    custom = load_backend("tvm", ["placement.unit_outputs=false"])
+    assert (custom.placement.eltwise_inputs, custom.placement.unit_outputs) == ("all", False)
+    assert custom.scheme_label == "custom placement"
+    assert load_backend("tensorrt").placement.fused_activations[:2] == ["Relu", "Clip"]
+    assert load_backend("snpe").placement.fused_activations == Placement().fused_activations
+
+
+def test_the_shared_ops_table_is_written_once():
+    whole_graph = [load_backend(name) for name in ("fbgemm", "snpe", "tensorrt", "tvm")]
+    assert all(config.ops == whole_graph[0].ops for config in whole_graph)
+    assert whole_graph[0].ops["Add"].role == "eltwise" and len(whole_graph[0].ops) == 18
+    with pytest.raises(UsageError, match="unknown backend '_base'"):
+        load_backend("_base")  # a partial to extend, not a backend
 
 
 def test_extends_merges_mappings_and_replaces_lists(tmp_path):
@@ -98,6 +189,8 @@ def test_set_overrides_are_validated_like_files():
     assert (config.quantizers["weight"].bits, config.calibration.batch_size, config.scheme) == (4, 8, 2)
     config = load_backend("tensorrt", ["pipeline[0]={name: fold_bn, options: {standalone: keep}}"])
     assert config.pipeline[0].options == {"standalone": "keep"}
+    # a pass listed by name alone is reached like one written in full (README's example)
+    assert load_backend("tensorrt", ["pipeline[0].options.standalone=keep"]).pipeline[0] == config.pipeline[0]
     with pytest.raises(UsageError, match="quantizers.weight.bitz: unknown key"):
         load_backend("tvm", ["quantizers.weight.bitz=4"])
     with pytest.raises(UsageError, match="expected KEY.PATH=VALUE"):

@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from qcompiler import runtime
-from qcompiler.report import sqnr_db
+from qcompiler.measure.report import sqnr_db
 
 MIN_SQNR_DB = {"academic": 10, "tensorrt": 10, "snpe": 10, "fbgemm": 10, "acl": 10, "tvm": 2}
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qcompiler.calib_data import InputSpec, open_data
+from qcompiler.data.images import Preprocess
+from qcompiler.data.sources import InputSpec, open_data
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.images import Preprocess
 
 IMAGE_INPUT = [InputSpec("x", ("N", 3, 8, 8), np.dtype(np.float32))]
 

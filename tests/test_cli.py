@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from qcompiler.passes.fold_bn import FoldBN
 
 from qcompiler.cli import main
-from qcompiler.passes.fold_bn import FoldBN
 from qcompiler.testing.models import TEST_MODELS
 
 
@@ -223,3 +223,65 @@ def test_console_script_is_installed(tmp_path):
     assert done.returncode == 0 and "fold_bn" in done.stdout
     done = subprocess.run([sys.executable, "-m", "qcompiler", "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("qcompile ")
+
+
+@pytest.mark.parametrize("backend, override, rule", [
+    ("tensorrt", "quantizers.activation.symmetric=false", "constraints.activations.symmetric allows only true"),
+    ("tvm", "quantizers.activation.scale=float", "constraints.activations.scale allows only power_of_two"),
+])
+def test_a_contradiction_of_the_constraints_is_exit_2_before_the_model_is_read(capsys, tmp_path, backend, override,
+                                                                                rule):
+    unreadable = tmp_path / "model.onnx"
+    unreadable.write_bytes(b"not protobuf at all" * 4)  # reading it would fail with exit 1
+    code, _, err = qcompile(capsys, unreadable, "-b", backend, "--set", override, "-o", tmp_path / "o",
+                            "--calib", tmp_path / "none.npy")
+    assert code == 2 and err.count("\n") == 1 and rule in err and f"backend {backend}: quantizers.activation" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_check_takes_a_file_that_extends_a_shipped_backend(capsys, model_path, calib, tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: tensorrt\nname: mine\n")
+    assert qcompile(capsys, model_path, "-b", mine, "-o", tmp_path / "o", "--calib", calib, "-q")[0] == 0
+    code, out, _ = qcompile(capsys, "check", "--backend", mine, tmp_path / "o" / "model.trt.onnx")
+    assert code == 0 and out.startswith("mine: 0 violation(s); 3 of 3 weighted ops will run in int8")
+    # the same model against a file whose constraints it breaks: uint8 activations only
+    uint8 = tmp_path / "uint8.yaml"
+    uint8.write_text("extends: tensorrt\nname: uint8\nquantizers: {activation: {signedness: unsigned}}\n"
+                     "constraints: {activations: {signedness: [unsigned]}}\n")
+    code, out, _ = qcompile(capsys, "check", "--backend", uint8, tmp_path / "o" / "model.trt.onnx")
+    assert code == 1 and "int8 activations; uint8 takes uint8 activations (constraints.activations.signedness)" in out
+
+
+def test_check_a_backend_without_rules_is_a_usage_error(capsys, model_path):
+    code, _, err = qcompile(capsys, "check", "--backend", "academic", model_path)
+    assert code == 2 and "no rules to check" in err and "backends with rules: acl, fbgemm, snpe, tensorrt, tvm" in err
+
+
+def test_snpe_has_no_checker_of_its_own_but_its_constraints_are_checked(capsys, model_path, calib, tmp_path):
+    assert qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "o", "--calib", calib, "-q")[0] == 0
+    code, out, _ = qcompile(capsys, "check", "--backend", "snpe", tmp_path / "o" / "model.qdq.onnx")
+    assert code == 0 and out.startswith("snpe: 0 violation(s)")
+    assert qcompile(capsys, model_path, "-b", "fbgemm", "-o", tmp_path / "f", "--calib", calib, "-q")[0] == 0
+    code, out, _ = qcompile(capsys, "check", "--backend", "snpe", tmp_path / "f" / "model.qdq.onnx")
+    assert code == 0  # QNN also takes int8 symmetric per-channel weights
+    code, out, _ = qcompile(capsys, "check", "--backend", "tvm", tmp_path / "f" / "model.qdq.onnx")
+    assert code == 1 and "a scale that is not a power of two; tvm takes power-of-two scales" in out
+
+
+@pytest.mark.parametrize("flags", [["--emit-option", "trt_version=8.6.1"], ["--trt-version", "8.6.1"]])
+def test_emitter_options_from_the_command_line(capsys, model_path, calib, tmp_path, flags):
+    assert qcompile(capsys, model_path, "-b", "tensorrt", "-o", tmp_path / "o", "--calib", calib, "-q", *flags)[0] == 0
+    assert (tmp_path / "o" / "calibration.cache").read_text().startswith("TRT-8601-EntropyCalibration2\n")
+
+
+@pytest.mark.parametrize("backend, flags, message", [
+    ("tensorrt", ["--emit-option", "trt_versoin=8.6.1"],
+     "--emit-option trt_versoin: this backend emits tensorrt, none of which reads --emit-option trt_versoin"),
+    ("snpe", ["--encodings-version", "3.0.0"], "emit[0].options.encodings_version: '3.0.0' is not one of"),
+    ("snpe", ["--emit-option", "encodings_version"], "expected KEY=VALUE"),
+])
+def test_bad_emitter_options_are_one_line_exit_2(capsys, model_path, calib, tmp_path, backend, flags, message):
+    code, _, err = qcompile(capsys, model_path, "-b", backend, "-o", tmp_path / "o", "--calib", calib, *flags)
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "o").exists()

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from qcompiler.backends import acl, tvm
 
 from qcompiler import runtime
-from qcompiler.backends import acl, tvm
 from qcompiler.cli import main
-from qcompiler.report import sqnr_db
+from qcompiler.measure.report import sqnr_db
 from qcompiler.testing.models import single_node_model
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
+from qcompiler.backends import tensorrt
 
 from qcompiler import runtime
-from qcompiler.backends import tensorrt
 from qcompiler.cli import main
 from qcompiler.errors import QCompileError
-from qcompiler.report import sqnr_db
+from qcompiler.measure.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS, single_node_model
 
 

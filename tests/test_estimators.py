@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcompiler.backend import EstimatorConfig
+from qcompiler.calibration.estimators import make_estimator, weight_range
+from qcompiler.config.backend import EstimatorConfig
 from qcompiler.errors import UsageError
-from qcompiler.estimators import make_estimator, weight_range
 
 DATA = np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32)
 

@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from qcompiler import runtime
-from qcompiler.calib_data import InputSpec, open_data
 from qcompiler.cli import build_eval_parser, main, preprocess_from
-from qcompiler.evaluate import evaluate
-from qcompiler.report import sqnr_db
+from qcompiler.data.images import Preprocess
+from qcompiler.data.sources import InputSpec, open_data
 from qcompiler.errors import UsageError
-from qcompiler.images import Preprocess
+from qcompiler.measure.evaluate import evaluate
+from qcompiler.measure.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS
 
 
@@ -75,7 +75,7 @@ def test_preprocess_flags_over_a_yaml_file(tmp_path):
 
 
 def test_images_are_resized_cropped_and_normalized(tmp_path):
-    from qcompiler.images import load_image
+    from qcompiler.data.images import load_image
 
     pixels = np.zeros((300, 400, 3), np.uint8)
     pixels[..., 0] = 200

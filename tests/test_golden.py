@@ -25,9 +25,9 @@ import onnx
 import pytest
 
 from qcompiler import runtime
-from qcompiler.backend import shipped_backends
+from qcompiler.config.loader import shipped_backends
 from qcompiler.driver import CompileRequest, compile_model
-from qcompiler.report import sqnr_db
+from qcompiler.measure.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS
 
 CASES = [(model, backend) for model in sorted(TEST_MODELS) for backend in shipped_backends()]

@@ -6,9 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler import ir, runtime
+from qcompiler import runtime
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.importer import import_model
+from qcompiler.graph import ir
+from qcompiler.graph.importer import import_model
 from qcompiler.testing.models import TEST_MODELS
 
 

@@ -12,11 +12,11 @@ import onnx
 import pytest
 
 from qcompiler import runtime
-from qcompiler.backend import load_backend, shipped_backends
 from qcompiler.cli import main
+from qcompiler.config.loader import load_backend, shipped_backends
+from qcompiler.data.images import Preprocess, load_batch
 from qcompiler.driver import CompileRequest, compile_model
-from qcompiler.images import Preprocess, load_batch
-from qcompiler.report import sqnr_db
+from qcompiler.measure.report import sqnr_db
 
 LIGHT_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.name for p in LIGHT_ZOO.glob("light_*.onnx"))

@@ -8,14 +8,14 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper
 
-from qcompiler import ir
-from qcompiler.backend import PipelineEntry
+from qcompiler.config.backend import PipelineEntry
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.importer import import_model
-from qcompiler.pass_base import Pass, PassContext, PassResult, Property
-from qcompiler.pass_manager import PassManager, StageRecord, pipeline_text
+from qcompiler.graph import ir
+from qcompiler.graph.importer import import_model
+from qcompiler.graph.verify import SKELETON_MIN_BYTES, skeleton_model
+from qcompiler.pipeline.manager import PassManager, StageRecord, bind_pipeline, pipeline_text
+from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult, Property
 from qcompiler.testing.models import ModelBuilder, resnet_bottleneck
-from qcompiler.verify import SKELETON_MIN_BYTES, skeleton_model
 
 HAS_RELU = Property("a Relu", "add_relu", lambda g, ctx: None if any(n.op == "Relu" for n in g.nodes) else "no Relu node")
 
@@ -109,7 +109,7 @@ def graph(model_file):
 def run(graph, names, **kwargs):
     entries = [PipelineEntry(n) if isinstance(n, str) else n for n in names]
     recorder = Recorder()
-    manager = PassManager(entries, REGISTRY, [recorder], **kwargs)
+    manager = PassManager(bind_pipeline(entries, REGISTRY), [recorder], **kwargs)
     ctx = PassContext()
     result = manager.run(graph, ctx, StageRecord(0, "import", status="ran"))
     return result, manager, recorder, ctx
@@ -142,7 +142,7 @@ def test_broken_graph_is_caught_after_the_pass(graph):
 def test_exception_in_a_pass_names_it_and_history(graph):
     recorder = Recorder()
     with pytest.raises(QCompileError, match="pass raises failed \\(after import, add_relu\\): ValueError: boom"):
-        PassManager([PipelineEntry("add_relu"), PipelineEntry("raises")], REGISTRY, [recorder]).run(
+        PassManager(bind_pipeline([PipelineEntry("add_relu"), PipelineEntry("raises")], REGISTRY), [recorder]).run(
             graph, PassContext(), StageRecord(0, "import", status="ran"))
     assert recorder.finished == ["ran", "ran", "not reached"]
 
@@ -162,7 +162,7 @@ def test_flags_naming_passes_outside_the_pipeline_are_usage_errors(graph):
         run(graph, ["noop"], disabled=["x"])
     with pytest.raises(UsageError, match="unknown pass 'nope'"):
         run(graph, ["nope"])
-    with pytest.raises(UsageError, match="pipeline.add_relu.cnt: unknown key"):
+    with pytest.raises(UsageError, match="pipeline\\[0\\].options.cnt: unknown key"):
         run(graph, [PipelineEntry("add_relu", {"cnt": 1})])
 
 

@@ -5,8 +5,8 @@ import random
 
 import numpy as np
 
-from qcompiler import qir
-from qcompiler.importer import import_model
+from qcompiler.graph import qir
+from qcompiler.graph.importer import import_model
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 
 

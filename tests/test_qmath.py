@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import runtime
-from qcompiler.backend import QuantizerSpec
-from qcompiler.qmath import fake_quantize, grid, qparams, resolve_signed
+from qcompiler.config.backend import QuantizerSpec
+from qcompiler.quant.qmath import fake_quantize, grid, qparams, resolve_signed
 
 INT8_SYM = QuantizerSpec(bits=8, signedness="signed", symmetric=True)
 UINT8_ASYM = QuantizerSpec(bits=8, signedness="unsigned", symmetric=False)
@@ -82,7 +82,7 @@ def test_numpy_reference_matches_onnxruntime(container, axis):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (expected,) = runtime.run(model, {"x": x})
     info = np.iinfo(container)
-    from qcompiler.qmath import Grid
+    from qcompiler.quant.qmath import Grid
 
     actual = fake_quantize(x, scale, zero_point, Grid(info.min, info.max, container == np.int8, (info.min, info.max)), axis)
     np.testing.assert_array_equal(actual, expected)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
-from qcompiler import ir, runtime
-from qcompiler.importer import import_model
-from qcompiler.pass_base import PassContext
 from qcompiler.passes.fold_bn import BN_FOLDED, FoldBN, FoldBNOptions
+
+from qcompiler import runtime
+from qcompiler.graph import ir
+from qcompiler.graph.importer import import_model
+from qcompiler.graph.verify import verified
+from qcompiler.pipeline.pass_base import PassContext
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
-from qcompiler.verify import verified
 
 TOLERANCE = 1e-5
 

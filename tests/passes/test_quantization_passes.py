@@ -7,18 +7,19 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from qcompiler.passes import registry
 
 from qcompiler import runtime
-from qcompiler.backend import PipelineEntry, load_backend
+from qcompiler.calibration.batching import auto_batch_size, read_ahead
+from qcompiler.config.backend import PipelineEntry
+from qcompiler.config.loader import load_backend
+from qcompiler.data.sources import CalibrationData
 from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.importer import import_model
-from qcompiler.pass_base import PassContext
-from qcompiler.pass_manager import PassManager, StageRecord
-from qcompiler.passes import registry
-from qcompiler.calib_data import CalibrationData
-from qcompiler.passes.calibrate import auto_batch_size, read_ahead
-from qcompiler.report import sqnr_db
+from qcompiler.graph.importer import import_model
+from qcompiler.measure.report import sqnr_db
+from qcompiler.pipeline.manager import PassManager, StageRecord, bind_pipeline
+from qcompiler.pipeline.pass_base import PassContext
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 
 
@@ -205,8 +206,24 @@ def test_contracts_are_enforced(tmp_path):
     ctx = PassContext(backend=load_backend("tensorrt"))
     start = StageRecord(0, "import", status="ran")
     with pytest.raises(QCompileError, match="calibrate needs quantizers; run insert_quantizers first"):
-        PassManager([PipelineEntry("calibrate")], registry()).run(graph, ctx, start)
+        PassManager(bind_pipeline([PipelineEntry("calibrate")], registry())).run(graph, ctx, start)
     with pytest.raises(UsageError, match="calibrate needs calibration data"):
-        PassManager([PipelineEntry("insert_quantizers"), PipelineEntry("calibrate")], registry()).run(graph, ctx, start)
+        PassManager(bind_pipeline([PipelineEntry("insert_quantizers"), PipelineEntry("calibrate")],
+                                  registry())).run(graph, ctx, start)
     with pytest.raises(QCompileError, match="quantizers are already placed"):
-        PassManager([PipelineEntry("insert_quantizers")], registry()).run(graph, ctx, start)
+        PassManager(bind_pipeline([PipelineEntry("insert_quantizers")], registry())).run(graph, ctx, start)
+
+
+def test_a_layer_override_sets_the_estimator_of_the_activations_it_quantizes(tmp_path):
+    override = "layers=[{match: {name: conv2}, estimator: {estimator: percentile, percentile: 0.9}}]"
+    result, _ = compile_with(TEST_MODELS["resnet_bottleneck"](), "tensorrt", tmp_path, override)
+    estimators = {name: p.estimator.estimator for name, p in result.ctx.plan.points.items() if p.kind == "activation"}
+    assert estimators.pop("relu1") == "percentile"  # conv2's input
+    assert set(estimators.values()) == {"mean_max"}  # the backend's default everywhere else
+    qparams = {q["tensor"]: q for q in json.loads((tmp_path / "out" / "qparams.json").read_text())["quantizers"]}
+    assert qparams["relu1"]["estimator"] == "percentile" and qparams["x"]["estimator"] == "mean_max"
+    (tmp_path / "default").mkdir()
+    default, _ = compile_with(TEST_MODELS["resnet_bottleneck"](), "tensorrt", tmp_path / "default")
+    clipped, full = result.ctx.plan.points["relu1"], default.ctx.plan.points["relu1"]
+    assert clipped.scale < full.scale  # the 90th percentile clips where mean_max does not
+    assert result.ctx.plan.points["relu2"].scale == default.ctx.plan.points["relu2"].scale

@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
+from qcompiler.graph import ir
 
 FORMAT_VERSION = 1
 INLINE_LIMIT = 8

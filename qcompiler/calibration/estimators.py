@@ -1,9 +1,10 @@
-"""Activation range estimators: streaming statistics, never all activations.
+"""Range estimators: streaming statistics for activations, min/max for weights.
 
-An estimator sees one batch at a time (``update``) and answers the range
-``(lo, hi)`` at the end. Memory is a few numbers per tensor, whatever the
-number of samples. Names are those of BACKENDS.md section 3; the ones not
-here yet are refused by ``make_estimator`` with the list of those that are.
+An activation estimator sees one batch at a time (``update``) and answers
+the range ``(lo, hi)`` at the end. Memory is a few numbers per tensor,
+whatever the number of samples. Names are those of BACKENDS.md section 3;
+the schema (``config.backend.ESTIMATOR_PARAMETERS``) lists the ones that
+exist here, so a backend file naming another is refused when it is loaded.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from qcompiler.backend import EstimatorConfig
+from qcompiler.config.backend import EstimatorConfig, WeightEstimatorConfig
+from qcompiler.config.validate import estimator_problem
 from qcompiler.errors import UsageError
 
 
@@ -75,8 +77,6 @@ class Percentile(Estimator):
 
     def __init__(self, config: EstimatorConfig):
         self.fraction = config.percentile if config.percentile is not None else 0.9999
-        if not 0.5 < self.fraction <= 1.0:
-            raise UsageError(f"percentile {self.fraction} must be in (0.5, 1]; e.g. 0.9999")
         self.lo_sum = self.hi_sum = 0.0
         self.count = 0
 
@@ -102,10 +102,14 @@ ESTIMATORS: dict[str, Callable[[EstimatorConfig], Estimator]] = {
 
 
 def make_estimator(config: EstimatorConfig) -> Estimator:
+    """The activation estimator ``config`` names (a config built in code is checked as a file would be)."""
     if config.estimator not in ESTIMATORS:
         raise UsageError(
             f"activation estimator {config.estimator!r} is not implemented yet; available: {', '.join(ESTIMATORS)}"
         )
+    problem = estimator_problem(config)
+    if problem:
+        raise UsageError(problem)
     return ESTIMATORS[config.estimator](config)
 
 
@@ -115,3 +119,16 @@ def weight_range(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.n
         return np.asarray(values.min(), np.float64), np.asarray(values.max(), np.float64)
     moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
     return moved.min(axis=1).astype(np.float64), moved.max(axis=1).astype(np.float64)
+
+
+WEIGHT_ESTIMATORS: dict[str, Callable[[np.ndarray, int | None], tuple[np.ndarray, np.ndarray]]] = {
+    "minmax": weight_range,
+}
+
+
+def estimate_weight(config: WeightEstimatorConfig, values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The range ``config``'s weight estimator gives ``values``, per channel along ``axis`` or per tensor."""
+    if config.estimator not in WEIGHT_ESTIMATORS:
+        raise UsageError(f"weight estimator {config.estimator!r} is not implemented yet; "
+                         f"available: {', '.join(WEIGHT_ESTIMATORS)}")
+    return WEIGHT_ESTIMATORS[config.estimator](values, axis)

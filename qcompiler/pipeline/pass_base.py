@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.quant_plan import QuantPlan
+from qcompiler.quant.plan import QuantPlan
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from qcompiler import runtime
-from qcompiler.calib_data import CalibrationData
-from qcompiler.report import Energies
+from qcompiler.data.sources import CalibrationData
+from qcompiler.measure.report import Energies
 
 
 @dataclass

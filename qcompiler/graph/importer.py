@@ -19,20 +19,15 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from qcompiler import ir
 from qcompiler.errors import QCompileError, UsageError, first_line
-from qcompiler.verify import check_model, verified
+from qcompiler.graph import ir
+from qcompiler.graph.ops import is_quantized_op
+from qcompiler.graph.verify import MIN_OPSET, check_model, verified
 
 G_LOGGER.severity = G_LOGGER.ERROR
 
-MIN_OPSET = 13
 # IR 4 is the first to allow initializers that are not graph inputs.
 MIN_IR_VERSION = 4
-QUANTIZED_OP_TYPES = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-    "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "QGemm",
-    "QAttention", "MatMulNBits", "MatMulIntegerToFloat", "QOrderedMatMul",
-})
 
 
 @dataclass
@@ -81,7 +76,7 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
     for node in model.graph.node:
-        if node.op_type in QUANTIZED_OP_TYPES or node.op_type.startswith("QLinear"):
+        if is_quantized_op(node.op_type):
             raise QCompileError(
                 f"{Path(path).name} is already quantized ({node.op_type} node {node.name!r}); "
                 "qcompile takes the FP32 model"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.backend import QuantizerSpec
+from qcompiler.config.backend import QuantizerSpec
 
 # Scales below this are treated as a degenerate (zero-width) range.
 MIN_SCALE = np.float32(1e-12)

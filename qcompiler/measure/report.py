@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler import runtime
-from qcompiler.quant_plan import QuantPlan, QuantPoint
+from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 FORMAT = "qcompiler.qparams/1"
 
@@ -60,7 +60,7 @@ def _qparams_entry(p: QuantPoint) -> dict[str, Any]:
         "bits": p.spec.bits, "signed": p.grid.signed, "qmin": p.grid.qmin, "qmax": p.grid.qmax,
         "axis": p.axis, "symmetric": p.spec.symmetric, "narrow_range": p.spec.narrow_range,
         "reduce_range": p.spec.reduce_range, "scale_form": p.spec.scale,
-        "estimator": p.estimator, "scale_group": p.scale_group, "consumers": sorted(p.consumers),
+        "estimator": p.estimator.estimator, "scale_group": p.scale_group, "consumers": sorted(p.consumers),
     }
 
 

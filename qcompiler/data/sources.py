@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from qcompiler.data.images import Preprocess, list_images, load_batch
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.images import Preprocess, list_images, load_batch
 
 log = logging.getLogger(__name__)
 Feed = dict[str, np.ndarray]

@@ -1,12 +1,8 @@
-"""Graph forms the backends' toolchains read, derived from the calibrated Q/DQ graph, and a view to check them.
+"""The Q/DQ structure of any ONNX model, as the backends' rule checkers see it.
 
-``integer_weights``: every weight's FP32 initializer -> QuantizeLinear ->
-DequantizeLinear becomes an integer initializer -> DequantizeLinear: the
-same values (QuantizeLinear is computed here exactly as onnxruntime does),
-a quarter of the size, and the form deploy toolchains expect.
-
-``QdqView``: the Q/DQ nodes of any ONNX model with their scales, zero
-points and axes, for the backends' rule checkers.
+``QdqView`` lists every QuantizeLinear/DequantizeLinear node with its
+scales, zero points, container type and axis, finds the quantizer behind
+each input of a node, and counts the weighted ops that will run in int8.
 """
 from __future__ import annotations
 
@@ -16,36 +12,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir
-from qcompiler.qmath import quantize
-from qcompiler.quant_plan import QuantPlan
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# ops that only move or select values: a quantized tensor passes through them unchanged
-DATA_MOVEMENT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Slice")
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def is_integer_op(op: str) -> bool:
-    """An op that computes on quantized integers itself rather than through Q/DQ: the QOperator form
-    (QLinearConv, QGemm, ...), the Integer ops (ConvInteger, MatMulInteger16, ...), dynamic quantization."""
-    return op.startswith(("QLinear", "DynamicQuantize")) or "Integer" in op or op == "QGemm"
-
-
-def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
-    """A copy of ``graph`` whose quantized weights are integer initializers read by their DQ."""
-    graph = graph.copy()
-    nodes = {node.name: node for node in graph.nodes}
-    tensors = graph.tensors()
-    for point in plan.weights():
-        quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
-        values = quantize(ir.constant_value(tensors[point.tensor]), point.scale, point.zero_point, point.grid,
-                          point.axis)
-        integers = gs.Constant(quant.outputs[0].name, values)
-        quant.outputs.clear()
-        dequant.inputs[0] = integers
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return graph
+from qcompiler.graph import ir
+from qcompiler.graph.ops import DATA_MOVEMENT_OPS, QDQ_OPS, WEIGHTED_OPS
 
 
 @dataclass

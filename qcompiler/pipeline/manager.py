@@ -15,11 +15,12 @@ from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import onnx_graphsurgeon as gs
 
-from qcompiler import schema
-from qcompiler.backend import PipelineEntry
+from qcompiler.config import schema
+from qcompiler.config.backend import PipelineEntry
+from qcompiler.config.schema import SchemaError
 from qcompiler.errors import QCompileError, UsageError, first_line
-from qcompiler.pass_base import Pass, PassContext
-from qcompiler.verify import verified
+from qcompiler.graph.verify import verified
+from qcompiler.pipeline.pass_base import Pass, PassContext
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,27 @@ class Instrument(Protocol):
 
 
 @dataclass(frozen=True)
+class BoundPass:
+    """A pipeline entry bound to its pass class, its options built and checked."""
+
+    name: str
+    pass_cls: type[Pass]
+    options: Any
+
+
+def bind_pipeline(pipeline: Sequence[PipelineEntry], registry: Mapping[str, type[Pass]]) -> list[BoundPass]:
+    """Each entry's pass from ``registry`` with its typed options; an unknown name or option is a SchemaError."""
+    bound = []
+    for index, entry in enumerate(pipeline):
+        if entry.name not in registry:
+            raise SchemaError(f"pipeline[{index}]: unknown pass {entry.name!r}; known passes: {', '.join(registry)}")
+        pass_cls = registry[entry.name]
+        bound.append(BoundPass(entry.name, pass_cls, schema.build(pass_cls.Options, entry.options,
+                                                                  f"pipeline[{index}].options")))
+    return bound
+
+
+@dataclass(frozen=True)
 class _Step:
     record: StageRecord
     pass_cls: type[Pass]
@@ -57,13 +79,13 @@ class _Step:
 class PassManager:
     def __init__(
         self,
-        pipeline: Sequence[PipelineEntry],
-        registry: Mapping[str, type[Pass]],
+        pipeline: Sequence[BoundPass],
         instruments: Sequence[Instrument] = (),
         stop_after: str | None = None,
         disabled: Sequence[str] = (),
     ):
-        self.steps = [self._step(index, entry, registry) for index, entry in enumerate(pipeline, start=1)]
+        self.steps = [_Step(StageRecord(index, bound.name, schema.to_plain(bound.options)), bound.pass_cls,
+                            bound.options) for index, bound in enumerate(pipeline, start=1)]
         names = [step.record.name for step in self.steps]
         for flag, value in [("--stop-after", stop_after), *[("--disable", d) for d in disabled]]:
             if value is not None:
@@ -71,14 +93,6 @@ class PassManager:
         self.instruments = list(instruments)
         self.stop_after = stop_after
         self.disabled = set(disabled)
-
-    @staticmethod
-    def _step(index: int, entry: PipelineEntry, registry: Mapping[str, type[Pass]]) -> _Step:
-        if entry.name not in registry:
-            raise UsageError(f"unknown pass {entry.name!r}; known passes: {', '.join(registry)}")
-        pass_cls = registry[entry.name]
-        options = schema.build(pass_cls.Options, entry.options, f"pipeline.{entry.name}")
-        return _Step(StageRecord(index, entry.name, schema.to_plain(options)), pass_cls, options)
 
     @property
     def records(self) -> list[StageRecord]:

@@ -13,10 +13,10 @@ from typing import Sequence, TextIO
 
 import onnx_graphsurgeon as gs
 
-from qcompiler import ir, qir
 from qcompiler.fileio import write_atomic
-from qcompiler.pass_base import PassContext
-from qcompiler.pass_manager import StageRecord, pipeline_text, timing_text
+from qcompiler.graph import ir, qir
+from qcompiler.pipeline.manager import StageRecord, pipeline_text, timing_text
+from qcompiler.pipeline.pass_base import PassContext
 
 
 class DumpInstrument:

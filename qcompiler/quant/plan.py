@@ -1,8 +1,9 @@
 """The quantization plan: what ONNX cannot hold about the quantizers.
 
 A ``QuantPoint`` is one Q/DQ pair on one tensor: its spec, per-channel axis,
-the nodes that read the quantized value, its scale group and the reason it
-exists; calibration adds its range, grid, scale and zero point. The plan
+the nodes that read the quantized value, its scale group, the estimator
+that calibrates it and the reason it exists; calibration adds its range,
+grid, scale and zero point. The plan
 lives in the pass context, keyed by tensor name, and records the names of
 the Q/DQ nodes and initializers insert_quantizers added, so later passes
 find them in the graph.
@@ -16,8 +17,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import yaml
 
-from qcompiler.backend import QuantizerSpec
-from qcompiler.qmath import Grid, grid, qparams, resolve_signed
+from qcompiler.config.backend import EstimatorConfig, QuantizerSpec, WeightEstimatorConfig
+from qcompiler.quant.qmath import Grid, grid, qparams, resolve_signed
 
 QuantKind = Literal["activation", "weight"]
 
@@ -32,7 +33,7 @@ class QuantPoint:
     reason: str
     axis: int | None = None
     scale_group: str = ""
-    estimator: str = ""
+    estimator: EstimatorConfig | WeightEstimatorConfig = field(default_factory=EstimatorConfig)
     # names of what insert_quantizers adds to the graph (derived from the tensor's)
     nodes: list[str] = field(default_factory=list)
     scale_tensor: str = ""

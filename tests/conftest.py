@@ -45,6 +45,18 @@ class Golden:
             pytest.fail(f"golden/{relative} differs at line {diff}; if intended: pytest --update-golden, then review git diff")
 
 
+    def check_absent(self, relative: str) -> None:
+        """No golden file at ``relative``: what it would hold is stored elsewhere (or nowhere)."""
+        path = GOLDEN_DIR / relative
+        if not path.exists():
+            return
+        if self.update:
+            path.unlink()
+            self.changed.append(path)
+            return
+        pytest.fail(f"golden/{relative} is stale (nothing stores it any more); remove it with: pytest --update-golden")
+
+
 def _first_difference(old: str, new: str) -> str:
     for number, (a, b) in enumerate(zip(old.splitlines(), new.splitlines()), start=1):
         if a != b:

@@ -55,3 +55,20 @@ def test_digest_sees_values_shape_and_dtype():
     changed = values.copy()
     changed[5] += 1e-6
     assert qir.tensor_digest(values) != qir.tensor_digest(changed)
+
+
+def test_short_vectors_are_printed_rounded_and_longer_constants_hashed(model_file):
+    b = ModelBuilder("vectors", 0)
+    x = b.input("x", ["N", 12])
+    scale = b.const("scale", np.linspace(0.01, 0.02, 12, dtype=np.float32))
+    shift = b.const("shift", np.full(12, 0.5, np.float32))
+    y = b.node("Add", "add", [b.node("Mul", "mul", [x, scale]), shift])
+    graph, _ = import_model(model_file(b.build([(y, ["N", 12])]), "vectors.onnx"))
+    lines = {line.split(":")[0]: line for line in qir.to_text(graph).splitlines() if line.startswith("const")}
+    assert lines["const @scale"].startswith("const @scale: f32[12] = [0.01, 0.0109091, 0.0118182, ")
+    assert lines["const @shift"] == "const @shift: f32[12] = all 0.5"
+    assert qir._value(np.zeros(12, np.int8)) == "i8[12] = all 0"
+    big = np.arange(65, dtype=np.float32)
+    assert qir._value(big) == f"f32[65] #{qir.tensor_digest(big)}"
+    assert qir._value(np.zeros((4, 4), np.float32)) == f"f32[4,4] #{qir.tensor_digest(np.zeros((4, 4), np.float32))}"
+    assert qir._value(np.zeros(3, np.int8)) == "i8[3] = [0, 0, 0]"  # short ones stay as they were

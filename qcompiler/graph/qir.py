@@ -3,14 +3,18 @@
 One line per node in a topological order that depends on the graph's
 structure alone (a depth-first walk from the outputs, operands in order), so
 the text does not change when a pass merely appends nodes to the list.
-Attributes are sorted, floats printed with 6 significant digits, constants of
-more than ``INLINE_LIMIT`` elements shown as dtype, shape and a short hash of
-their bytes. Example:
+Attributes are sorted, floats printed with 6 significant digits. Constants of
+up to ``INLINE_LIMIT`` elements, and vectors (per-channel scales, zero points,
+biases) of up to ``VECTOR_LIMIT``, are printed in full, a vector whose
+elements are all equal as ``all <value>``; larger constants as dtype, shape
+and a short hash of their bytes. Example:
 
     qir 1
     opset ai.onnx=17
     input %x: f32[N,3,8,8]
     const @w: f32[4,3,3,3] #3f2a9c01d4e7
+    const @w/scale: f32[4] = [0.0123, 0.0208, 0.0101, 0.0175]
+    const @w/zero_point: i8[16] = all 0
     const @shape: i64[2] = [1, -1]
     conv1: %y: f32[N,4,8,8] = Conv(%x, @w) {group=1, pads=[1,1,1,1]}
     output %y
@@ -27,6 +31,7 @@ from qcompiler.graph import ir
 
 FORMAT_VERSION = 1
 INLINE_LIMIT = 8
+VECTOR_LIMIT = 64
 FLOAT_DIGITS = 6
 HASH_CHARS = 12
 
@@ -166,11 +171,16 @@ def _shape(shape) -> str:
 
 def _value(values: np.ndarray) -> str:
     head = _dtype_name(values.dtype) + _shape(values.shape)
-    if values.size > INLINE_LIMIT:
+    short = values.size <= INLINE_LIMIT
+    if not short and not (values.ndim == 1 and values.size <= VECTOR_LIMIT):
         return f"{head} #{tensor_digest(values)}"
-    flat = values.reshape(-1)
-    if values.dtype.kind == "f":
-        items = [format_float(v) for v in flat]
-    else:
-        items = [str(v.item()) if hasattr(v, "item") else str(v) for v in flat]
+    items = [_scalar(v) for v in values.reshape(-1)]
+    if not short and len(set(items)) == 1:
+        return f"{head} = all {items[0]}"
     return f"{head} = [{', '.join(items)}]"
+
+
+def _scalar(value) -> str:
+    if isinstance(value, np.floating):
+        return format_float(value)
+    return str(value.item()) if hasattr(value, "item") else str(value)

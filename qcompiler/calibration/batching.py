@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Literal
 
 from qcompiler.data.sources import CalibrationData, Feed
+from qcompiler.errors import UsageError
 
 # An "auto" calibration batch holds about this much input. Small batches keep
 # a batch's activations in cache: the MobileNetV2 observer (224x224 input,
@@ -17,7 +18,12 @@ AUTO_BATCH_MAX = 16
 
 
 def batch_size(configured: int | Literal["auto"], data: CalibrationData) -> int:
-    """The configured batch size, or for "auto" the one ``auto_batch_size`` picks."""
+    """The configured batch size, or for "auto" the model's fixed batch or the one ``auto_batch_size`` picks."""
+    if data.fixed_batch is not None:
+        if configured not in ("auto", data.fixed_batch):
+            raise UsageError(f"calibration.batch_size is {configured}, but the model's inputs fix the batch at "
+                             f"{data.fixed_batch}; set calibration.batch_size={data.fixed_batch} or auto")
+        return data.fixed_batch
     return configured if configured != "auto" else auto_batch_size(data)
 
 

@@ -66,6 +66,8 @@ class CalibrationData:
     # whether reading a batch is real work (decoding images, a user's function)
     # rather than a copy out of an array file
     decodes: bool = False
+    # the batch size the model's inputs fix (a static first dimension), if they do
+    fixed_batch: int | None = None
 
     def batches(self, batch_size: int) -> Iterator[Feed]:
         return self._batches(batch_size)
@@ -85,6 +87,19 @@ class CalibrationData:
 def open_data(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None = None,
               limit: int | None = None) -> CalibrationData:
     """Open ``source`` (folder, .npy, .npz or module:function) for a model with ``inputs``."""
+    data = _open(source, inputs, preprocess, limit)
+    data.fixed_batch = fixed_batch(inputs)
+    return data
+
+
+def fixed_batch(inputs: Sequence[InputSpec]) -> int | None:
+    """The batch size every input fixes with a static first dimension (torch.onnx's default export: 1)."""
+    firsts = {spec.shape[0] if spec.shape else None for spec in inputs}
+    first = firsts.pop() if len(firsts) == 1 else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def _open(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None, limit: int | None) -> CalibrationData:
     path = Path(source)
     if path.is_dir():
         return _image_folder(path, _single_input(inputs, source), preprocess, limit)

@@ -227,3 +227,21 @@ def test_a_layer_override_sets_the_estimator_of_the_activations_it_quantizes(tmp
     clipped, full = result.ctx.plan.points["relu1"], default.ctx.plan.points["relu1"]
     assert clipped.scale < full.scale  # the 90th percentile clips where mean_max does not
     assert result.ctx.plan.points["relu2"].scale == default.ctx.plan.points["relu2"].scale
+
+
+def test_a_model_with_a_fixed_batch_calibrates_at_that_batch(tmp_path):
+    model = TEST_MODELS["mobilenetv2_inverted_residual"]()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # torch.onnx's default export
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((8, 16, 8, 8)).astype(np.float32))
+
+    def compile_at(*overrides):
+        return compile_model(CompileRequest(model=tmp_path / "model.onnx", backend="tensorrt", out=tmp_path / "out",
+                                            calib=str(tmp_path / "calib.npy"), overrides=list(overrides)))
+
+    result = compile_at()  # 'auto' would otherwise pick 16 for these small inputs
+    assert next(r for r in result.records if r.name == "calibrate").stats["samples"] == 8
+    with pytest.raises(UsageError, match="calibration.batch_size is 4, but the model's inputs fix the batch at 1; "
+                                         "set calibration.batch_size=1 or auto"):
+        compile_at("calibration.batch_size=4")

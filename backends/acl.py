@@ -17,6 +17,7 @@ from functools import cache
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 from qcompiler.config.backend import BackendConfig
@@ -32,11 +33,11 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    return {"model.acl.onnx": checked(compiled.quant_model, "model.acl.onnx", compiled.backend, check),
-            "scale_offset_record.txt": scale_offset_record(compiled.quant_model)}
+    return {"model.acl.onnx": checked(compiled.graph, "model.acl.onnx", compiled.backend, check),
+            "scale_offset_record.txt": scale_offset_record(compiled.graph)}
 
 
-def scale_offset_record(model: onnx.ModelProto) -> str:
+def scale_offset_record(model: onnx.ModelProto | gs.Graph) -> str:
     """The record of every weighted node whose input and weight are both quantized, in graph order."""
     view = QdqView(model)
     blocks = []
@@ -56,7 +57,7 @@ def parse_record(text: str):
     return text_format.Parse(text, _record_class()())
 
 
-def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+def check(model: onnx.ModelProto | gs.Graph, backend: BackendConfig | None = None) -> CheckReport:
     """Every constraint of ``backend`` (shipped acl by default) and of AMCT convert_qat_model ``model``
     breaks, and how many weighted ops run in int8."""
     backend = backend or load_backend("acl")

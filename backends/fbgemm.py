@@ -56,9 +56,9 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    model = ir.to_model(int8_graph(compiled.graph, compiled.plan))
     return {
-        "model.int8.onnx": checked(model, "model.int8.onnx", compiled.backend, check),
+        "model.int8.onnx": checked(int8_graph(compiled.graph, compiled.plan), "model.int8.onnx", compiled.backend,
+                                   check),
         "torch_qparams.json": json.dumps(torch_qparams(compiled), indent=1) + "\n",
     }
 
@@ -281,7 +281,7 @@ def _bias_scale(node: gs.Node) -> np.ndarray | None:
 
 # --- checker ----------------------------------------------------------------
 
-def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+def check(model: onnx.ModelProto | gs.Graph, backend: BackendConfig | None = None) -> CheckReport:
     """What keeps onnxruntime's x86 int8 kernels (u8s8, as FBGEMM) from running ``model``'s weighted ops:
     what breaks ``backend``'s constraints (shipped fbgemm by default) and what blocks the fusions.
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import load_backend
@@ -31,7 +32,6 @@ from qcompiler.emit.integer_weights import integer_weights
 from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
 from qcompiler.errors import QCompileError, UsageError
-from qcompiler.graph import ir
 from qcompiler.graph.ops import is_integer_op
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,9 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
+    graph = integer_weights(compiled.graph, compiled.plan)
     ranges = activation_amax(compiled)
-    files: Files = {"model.trt.onnx": checked(model, "model.trt.onnx", compiled.backend, check),
+    files: Files = {"model.trt.onnx": checked(graph, "model.trt.onnx", compiled.backend, check),
                     "dynamic_range.json": json.dumps(ranges, indent=1, sort_keys=True) + "\n"}
     header = cache_header(options.trt_version)
     if header is None:
@@ -104,7 +104,7 @@ def read_calibration_cache(text: str) -> dict[str, float]:
     return ranges
 
 
-def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+def check(model: onnx.ModelProto | gs.Graph, backend: BackendConfig | None = None) -> CheckReport:
     """Every rule of ``backend`` (shipped tensorrt by default) ``model`` breaks; how many weighted ops run in int8."""
     backend = backend or load_backend("tensorrt")
     view = QdqView(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import load_backend
@@ -18,7 +19,6 @@ from qcompiler.emit.emitters import Compiled, Files, checked
 from qcompiler.emit.integer_weights import integer_weights
 from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
-from qcompiler.graph import ir
 from qcompiler.graph.ops import is_integer_op
 
 # the integer ops apache-tvm's Relax ONNX frontend imports (0.27: tvm.relax.frontend.onnx's convert map);
@@ -32,11 +32,11 @@ class Options:
 
 
 def emit(compiled: Compiled, options: Options) -> Files:
-    model = ir.to_model(integer_weights(compiled.graph, compiled.plan))
-    return {"model.tvm.onnx": checked(model, "model.tvm.onnx", compiled.backend, check)}
+    graph = integer_weights(compiled.graph, compiled.plan)
+    return {"model.tvm.onnx": checked(graph, "model.tvm.onnx", compiled.backend, check)}
 
 
-def check(model: onnx.ModelProto, backend: BackendConfig | None = None) -> CheckReport:
+def check(model: onnx.ModelProto | gs.Graph, backend: BackendConfig | None = None) -> CheckReport:
     """Ops TVM's ONNX frontend rejects and what breaks ``backend``'s constraints (shipped tvm by default:
     power-of-two scales); how many weighted ops run quantized."""
     backend = backend or load_backend("tvm")

@@ -11,11 +11,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterable, Iterator, Sequence, TextIO
 
 import onnx_graphsurgeon as gs
 
-from qcompiler import runtime
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import backend_label, load_backend
 from qcompiler.config.schema import SchemaError
@@ -23,10 +22,10 @@ from qcompiler.data.images import Preprocess
 from qcompiler.data.sources import CalibrationData, InputSpec, open_data
 from qcompiler.emit.emitters import BoundEmitter, Compiled, EmitOption
 from qcompiler.emit.registry import bind_emitters, emit_all
-from qcompiler.errors import UsageError
+from qcompiler.errors import QCompileError, UsageError
 from qcompiler.fileio import check_output_dir, staged_output_dir, write_atomic
-from qcompiler.graph import ir
 from qcompiler.graph.importer import import_model, require_model_file
+from qcompiler.graph.serialize import save_model, skeleton_model
 from qcompiler.graph.verify import check_model
 from qcompiler.measure.report import layer_outputs, qparams_json, report_json
 from qcompiler.passes import registry
@@ -43,6 +42,8 @@ from qcompiler.pipeline.pass_base import PassContext
 
 # how many calibration samples report.json compares float and quantized on
 REPORT_SAMPLES = 4
+# what an output file holds: a model's graph, or text or bytes
+Payload = bytes | str | gs.Graph
 
 
 @dataclass
@@ -86,7 +87,8 @@ def bind_backend(config: BackendConfig, label: str, emit_options: Sequence[EmitO
 @dataclass
 class CompileResult:
     backend: BackendConfig
-    graph: gs.Graph
+    graph: gs.Graph          # the last stage's graph (model.qdq.onnx once calibrated)
+    float_graph: gs.Graph    # the last float stage's (model.onnx)
     records: list[StageRecord]
     ctx: PassContext
     outputs: list[Path]
@@ -127,8 +129,8 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         ctx.progress = _progress_bar
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    outputs = _write_outputs(request.out, graph, float_keeper.graph, ctx, records, bound.emitters)
-    return CompileResult(backend, graph, records, ctx, outputs)
+    written = _write_outputs(request.out, _outputs(graph, float_keeper.graph, ctx, records, bound.emitters))
+    return CompileResult(backend, graph, float_keeper.graph, records, ctx, written)
 
 
 def _runs(backend: BackendConfig, pass_name: str, request: CompileRequest) -> bool:
@@ -175,32 +177,49 @@ def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: 
     return instruments
 
 
-def _write_outputs(out_dir: Path, graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext,
-                   records: list[StageRecord], emitters: list[BoundEmitter]) -> list[Path]:
+def _outputs(graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext, records: list[StageRecord],
+             emitters: list[BoundEmitter]) -> Iterator[tuple[str, Payload]]:
+    """Every output of a compile by file name, the models first; each made when it is asked for."""
     backend = ctx.backend.name
-    files: dict[str, bytes | str] = {}
-    float_model = _checked_model(float_graph)
-    files["model.onnx"] = float_model.payload
+    yield "model.onnx", float_graph
     if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
-        quant_model = _checked_model(graph)
-        files["model.qdq.onnx"] = quant_model.payload
-        files["qparams.json"] = qparams_json(ctx.plan, backend)
+        yield "model.qdq.onnx", graph
+        yield "qparams.json", qparams_json(ctx.plan, backend)
         if ctx.calibration_data is not None:
             feed = ctx.calibration_data.head(REPORT_SAMPLES)
             samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
-            files["report.json"] = report_json(backend, ctx.plan, float_model, quant_model,
-                                               layer_outputs(graph, ctx.plan), feed, samples)
-        files.update(emit_all(Compiled(ctx.backend, ctx.plan, graph, quant_model.model, float_model.model), emitters))
-    files["pipeline.txt"] = pipeline_text(backend, records)
+            yield "report.json", report_json(backend, ctx.plan, float_graph, graph, layer_outputs(graph, ctx.plan),
+                                             feed, samples)
+        yield from emit_all(Compiled(ctx.backend, ctx.plan, graph, float_graph), emitters).items()
+    yield "pipeline.txt", pipeline_text(backend, records)
+
+
+def _checked(outputs: Iterable[tuple[str, Payload]]) -> Iterator[tuple[str, Payload]]:
+    """``outputs``, each name once, a model once the ONNX checker passed its skeleton.
+
+    The skeleton holds every node, type and small constant; the file is
+    written from the graph byte for byte as the exporter writes it
+    (``serialize.write_model``), so re-reading 550 MB of weights to check
+    them again (2.5 s a model) would check nothing new.
+    """
+    seen: set[str] = set()
+    for name, payload in outputs:
+        if name in seen:
+            raise QCompileError(f"{name} would be written twice: an emitter writes a file the compile writes")
+        seen.add(name)
+        if isinstance(payload, gs.Graph):
+            check_model(skeleton_model(payload), f"{name} is not valid ONNX")
+        yield name, payload
+
+
+def _write_outputs(out_dir: Path, outputs: Iterable[tuple[str, Payload]]) -> list[Path]:
+    """Every output into a staging folder as it is made, then all moved in at once."""
+    written = []
     with staged_output_dir(out_dir) as stage:
-        for name, payload in files.items():
-            write_atomic(stage / name, payload)
-    return [Path(out_dir) / name for name in files]
-
-
-def _checked_model(graph: gs.Graph) -> runtime.Serialized:
-    """``graph`` as a model and serialized, once the checker passed it (weights too, once)."""
-    model = ir.to_model(graph)
-    payload = model.SerializeToString()
-    check_model(payload, "the compiled model is not valid ONNX")
-    return runtime.Serialized(model, payload)
+        for name, payload in _checked(outputs):
+            if isinstance(payload, gs.Graph):
+                save_model(payload, stage / name)
+            else:
+                write_atomic(stage / name, payload)
+            written.append(Path(out_dir) / name)
+    return written

@@ -6,7 +6,7 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from qcompiler.errors import UsageError
 
@@ -37,14 +37,17 @@ def _make_new_dir(path: Path) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+def write_atomic(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (or what the callable ``data`` writes to the file it is given) to ``path``,
+    through a temporary file and a rename."""
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
     fd, tmp = _create_unique(path.parent, f".{path.name}.", ".tmp", _open_new_file)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

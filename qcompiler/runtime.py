@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
+
+from qcompiler.graph.serialize import session_model
 
 _NUMPY_OF_ORT = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -26,7 +28,7 @@ def numpy_dtype(ort_type: str) -> type:
 def session(model: onnx.ModelProto | bytes | Path | str, threads: int = 0, memory_pattern: bool = True,
             optimize: bool = True, arena: bool = True, fuse_qdq: bool = True,
             spinning: bool = True) -> ort.InferenceSession:
-    """A CPU session; ``threads=0`` lets onnxruntime choose.
+    """A CPU session of a model (a message, its bytes or its file); ``threads=0`` lets onnxruntime choose.
 
     ``optimize=False`` runs the graph as written: Q/DQ in float, as the ONNX
     spec defines them, instead of fused into onnxruntime's integer kernels
@@ -51,6 +53,38 @@ def session(model: onnx.ModelProto | bytes | Path | str, threads: int = 0, memor
     between runs (calibration reads the next batch meanwhile): its idle
     threads then sleep instead of spinning.
     """
+    options = _options(threads, memory_pattern, optimize, arena, fuse_qdq, spinning)
+    return ort.InferenceSession(_source(model), options, providers=["CPUExecutionProvider"])
+
+
+def graph_session(graph: gs.Graph, outputs: Sequence[str] = (), threads: int = 0, memory_pattern: bool = True,
+                  optimize: bool = True, arena: bool = True, fuse_qdq: bool = True,
+                  spinning: bool = True) -> ort.InferenceSession:
+    """A session of ``graph`` that also returns the tensors ``outputs``; options as for ``session``.
+
+    Its large weights are handed to onnxruntime as the graph's own arrays
+    (external initializers in memory) instead of being copied into a
+    protobuf message, serialized and parsed back: a VGG-19 session (550 MB)
+    takes 1.0 s instead of 10.4 s, and 0.6 GB less memory. Nor does
+    onnxruntime pre-pack the weights for its GEMM kernels: the packed copy
+    pays off over many large batches, and these sessions (calibration,
+    reports) run few, one sample at a time: VGG-19 1.03 s -> 0.51 s, runs
+    as fast.
+    """
+    model, large = session_model(graph, outputs)
+    options = _options(threads, memory_pattern, optimize, arena, fuse_qdq, spinning)
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    arrays = [np.ascontiguousarray(constant.values) for constant in large]
+    values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
+    if large:
+        options.add_external_initializers([constant.name for constant in large], values)
+    created = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    created._qcompiler_weights = (arrays, values)  # onnxruntime may read them as long as the session lives
+    return created
+
+
+def _options(threads: int, memory_pattern: bool, optimize: bool, arena: bool, fuse_qdq: bool,
+             spinning: bool) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_mem_pattern = memory_pattern
@@ -63,7 +97,7 @@ def session(model: onnx.ModelProto | bytes | Path | str, threads: int = 0, memor
     elif not fuse_qdq:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(_source(model), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def optimized_ops(model: onnx.ModelProto | Path | str) -> Counter:
@@ -89,7 +123,8 @@ def _source(model: onnx.ModelProto | bytes | Path | str) -> bytes | str:
     return model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
 
 
-def run(model: onnx.ModelProto | Path | str | ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def run(model: onnx.ModelProto | gs.Graph | Path | str | ort.InferenceSession,
+        feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Every output of ``model`` on ``feeds``; a model (not a session) runs Q/DQ as the ONNX spec defines them.
 
     That is what a fake-quant model means and what every backend's integer
@@ -98,7 +133,12 @@ def run(model: onnx.ModelProto | Path | str | ort.InferenceSession, feeds: Mappi
     16.9 dB against float as specified, 8.5 dB fused). Pass a session to run
     it otherwise.
     """
-    sess = model if isinstance(model, ort.InferenceSession) else session(model, fuse_qdq=False)
+    if isinstance(model, ort.InferenceSession):
+        sess = model
+    elif isinstance(model, gs.Graph):
+        sess = graph_session(model, fuse_qdq=False)
+    else:
+        sess = session(model, fuse_qdq=False)
     return sess.run(None, dict(feeds))
 
 
@@ -120,26 +160,6 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     exposed.CopyFrom(model)
     exposed.graph.output.extend(_added_outputs(model, names))
     return exposed
-
-
-@dataclass(frozen=True)
-class Serialized:
-    """A model and its bytes, kept together so that neither is made twice."""
-
-    model: onnx.ModelProto
-    payload: bytes
-
-    def with_outputs(self, names: Sequence[str]) -> bytes:
-        """The bytes of ``with_outputs(self.model, names)``, made from the payload.
-
-        Protobuf parses two concatenated messages as their merge, and a merge
-        appends repeated fields: the payload followed by a model that holds
-        only the added graph outputs is the model with those outputs, made
-        without copying or serializing the weights again (MobileNetV2: 29 ms
-        -> 3 ms).
-        """
-        added = onnx.ModelProto(graph=onnx.GraphProto(output=_added_outputs(self.model, names)))
-        return self.payload + added.SerializeToString()
 
 
 def _added_outputs(model: onnx.ModelProto, names: Sequence[str]) -> list[onnx.ValueInfoProto]:

@@ -12,7 +12,7 @@ from qcompiler.config.backend import PipelineEntry
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.graph import ir
 from qcompiler.graph.importer import import_model
-from qcompiler.graph.verify import SKELETON_MIN_BYTES, skeleton_model
+from qcompiler.graph.serialize import LARGE_BYTES, skeleton_model
 from qcompiler.pipeline.manager import PassManager, StageRecord, bind_pipeline, pipeline_text
 from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult, Property
 from qcompiler.testing.models import ModelBuilder, resnet_bottleneck
@@ -170,7 +170,7 @@ def test_the_skeleton_verified_after_each_pass_is_the_model_with_its_weights_as_
     model = resnet_bottleneck()
     graph = ir.to_graph(model)
     skeleton = skeleton_model(graph)
-    large = {t.name for t in model.graph.initializer if numpy_helper.to_array(t).nbytes >= SKELETON_MIN_BYTES}
+    large = {t.name for t in model.graph.initializer if numpy_helper.to_array(t).nbytes >= LARGE_BYTES}
     assert large and {i.name for i in skeleton.graph.input} == {"x"} | large
     assert {t.name for t in skeleton.graph.initializer} == {t.name for t in model.graph.initializer} - large
     assert [(n.name, list(n.input)) for n in skeleton.graph.node] == [(n.name, list(n.input)) for n in model.graph.node]

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import runtime
 from qcompiler.config.backend import QuantizerSpec
-from qcompiler.quant.qmath import fake_quantize, grid, qparams, resolve_signed
+from qcompiler.quant.qmath import fake_quantize, grid, qparams, quantize, resolve_signed
 
 INT8_SYM = QuantizerSpec(bits=8, signedness="signed", symmetric=True)
 UINT8_ASYM = QuantizerSpec(bits=8, signedness="unsigned", symmetric=False)
@@ -86,3 +86,20 @@ def test_numpy_reference_matches_onnxruntime(container, axis):
 
     actual = fake_quantize(x, scale, zero_point, Grid(info.min, info.max, container == np.int8, (info.min, info.max)), axis)
     np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_quantize_in_blocks_gives_what_one_pass_gives(axis, monkeypatch):
+    from qcompiler.quant import qmath
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (12, 5, 3)).astype(np.float32)
+    channels = x.shape[axis] if axis is not None else None
+    scale = rng.uniform(0.01, 0.02, channels or ()).astype(np.float32)
+    zero_point = rng.integers(-3, 3, channels or ()).astype(np.int8)
+    g = grid(INT8_SYM, True)
+    whole = quantize(x, scale, zero_point, g, axis)
+    monkeypatch.setattr(qmath, "QUANTIZE_BLOCK_BYTES", x[:1].nbytes * 5)  # blocks of 5 rows: 5, 5, 2
+    np.testing.assert_array_equal(quantize(x, scale, zero_point, g, axis), whole)
+    expected = np.clip(np.rint(x / qmath.along_axis(scale, 3, axis)) + qmath.along_axis(zero_point, 3, axis), -128, 127)
+    np.testing.assert_array_equal(whole, expected.astype(np.int8))

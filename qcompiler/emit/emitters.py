@@ -3,8 +3,9 @@
 An emitter module defines
 - ``Options``: a dataclass of its options, built strictly from the YAML's
   ``emit: [{name, options}]`` entry and ``--emit-option KEY=VALUE``;
-- ``emit(compiled, options) -> {file name: bytes | str}``: the files, which
-  the driver writes atomically beside model.qdq.onnx;
+- ``emit(compiled, options) -> {file name: bytes | str | gs.Graph}``: the
+  files, which the driver writes atomically beside model.qdq.onnx (a graph
+  as an ONNX model, checked by the ONNX checker once written);
 - optionally ``check(model, backend) -> CheckReport``: the backend's rules
   (its ``constraints:`` and its file format's own) applied to any Q/DQ
   model; ``qcompile check --backend NAME|FILE`` runs the checkers of the
@@ -24,11 +25,10 @@ import onnx_graphsurgeon as gs
 from qcompiler.config.backend import BackendConfig
 from qcompiler.emit.qdq_view import CheckReport
 from qcompiler.errors import QCompileError
-from qcompiler.graph.verify import check_model
 from qcompiler.quant.plan import QuantPlan
 
-Files = dict[str, "bytes | str"]
-Checker = Callable[[onnx.ModelProto, BackendConfig], CheckReport]
+Files = dict[str, "bytes | str | gs.Graph"]
+Checker = Callable[["onnx.ModelProto | gs.Graph", BackendConfig], CheckReport]
 
 
 @dataclass
@@ -37,9 +37,8 @@ class Compiled:
 
     backend: BackendConfig
     plan: QuantPlan
-    graph: gs.Graph                 # the calibrated Q/DQ graph (model.qdq.onnx); emitters copy before changing it
-    quant_model: onnx.ModelProto    # model.qdq.onnx
-    float_model: onnx.ModelProto    # model.onnx: the float model the quantizers were placed on
+    graph: gs.Graph          # the calibrated Q/DQ graph (model.qdq.onnx); emitters copy before changing it
+    float_graph: gs.Graph    # model.onnx: the float graph the quantizers were placed on
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,10 @@ class BoundEmitter:
     options: Any
 
 
-def checked(model: onnx.ModelProto, file_name: str, backend: BackendConfig, check: Checker) -> bytes:
-    """``model`` serialized, once it is valid ONNX and ``check`` finds no violation of ``backend``'s rules."""
-    payload = model.SerializeToString()
-    check_model(payload, f"{file_name} is not valid ONNX")
-    report = check(model, backend)
+def checked(graph: gs.Graph, file_name: str, backend: BackendConfig, check: Checker) -> gs.Graph:
+    """``graph``, once ``check`` finds no violation of ``backend``'s rules in it."""
+    report = check(graph, backend)
     if report.violations:
         raise QCompileError(f"{file_name} breaks a {backend.name} rule: {report.violations[0]} "
                             f"({len(report.violations)} in all; run qcompile check --backend {backend.name})")
-    return payload
+    return graph

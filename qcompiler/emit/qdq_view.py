@@ -61,9 +61,8 @@ class Quantizer:
 class QdqView:
     """The Q/DQ structure of a model: who quantizes what, with which factors."""
 
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.graph = ir.to_graph(model)
+    def __init__(self, model: onnx.ModelProto | gs.Graph):
+        self.graph = model if isinstance(model, gs.Graph) else ir.to_graph(model)
         self.opset = self.graph.opset
         self.quantizers = {node.name: _quantizer(node) for node in self.graph.nodes if node.op in QDQ_OPS}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from qcompiler.config.backend import BackendConfig, RoleConstraints
 from qcompiler.emit.qdq_view import CheckReport, QdqView, Quantizer
@@ -21,7 +22,7 @@ _SIGNEDNESS = {np.dtype(np.int8): "signed", np.dtype(np.uint8): "unsigned"}
 _CONTAINER = {"signed": "int8", "unsigned": "uint8"}
 
 
-def check_constraints(model: onnx.ModelProto, backend: BackendConfig) -> CheckReport:
+def check_constraints(model: onnx.ModelProto | gs.Graph, backend: BackendConfig) -> CheckReport:
     """The constraint rules alone, for a backend whose emitters bring no checker of their own."""
     view = QdqView(model)
     return view.report(constraint_violations(view, backend))

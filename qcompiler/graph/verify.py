@@ -3,26 +3,23 @@
 ``verified(graph)`` cleans and sorts the graph, checks our own invariants,
 runs the ONNX checker and shape inference, and writes the inferred shapes
 back into the graph. Checker and inference run on a skeleton: the graph
-exported with its large weights as typed graph inputs, so a 500 MB model
-is verified without serializing its weights after every pass. The full model,
-weights included, is checked once when it is written (``check_model``).
+exported with its large weights as typed graph inputs
+(``serialize.skeleton_model``), so a 500 MB model is verified without
+serializing its weights after every pass. The full model, weights
+included, is checked once when it is written (``check_model``).
 """
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx, update_import_domains
 
 from qcompiler.errors import QCompileError, first_line
+from qcompiler.graph.serialize import skeleton_model
 
 log = logging.getLogger(__name__)
 MIN_OPSET = 13
-# Constants this large stand in the skeleton as inputs; small ones (shape
-# tensors, scalars) stay, because shape inference propagates their values.
-SKELETON_MIN_BYTES = 4096
 
 
 def verified(graph: gs.Graph) -> gs.Graph:
@@ -46,40 +43,6 @@ def verified(graph: gs.Graph) -> gs.Graph:
     return graph
 
 
-def skeleton_model(graph: gs.Graph) -> onnx.ModelProto:
-    """``graph`` as ONNX with every constant of SKELETON_MIN_BYTES or more turned into an input.
-
-    Exported node by node, as onnx-graphsurgeon exports a graph, rather than
-    through a copy with stand-ins for the weights: MobileNetV2 18 -> 9 ms,
-    after every pass.
-    """
-    tensors = graph.tensors()
-    constants = [t for t in tensors.values() if isinstance(t, gs.Constant)]
-    stand_ins = [onnx.helper.make_tensor_value_info(t.name, dtype_to_onnx(t.dtype), t.shape)
-                 for t in constants if _nbytes(t) >= SKELETON_MIN_BYTES]
-    boundary = {t.name for t in [*graph.inputs, *graph.outputs]}
-    described = [t for t in tensors.values() if isinstance(t, gs.Variable) and t.name not in boundary
-                 and (t.dtype is not None or t.shape is not None)]
-    skeleton = onnx.helper.make_graph(
-        [OnnxExporter.export_node(node) for node in graph.nodes], graph.name,
-        [*map(_value_info, graph.inputs), *stand_ins], list(map(_value_info, graph.outputs)),
-        initializer=[OnnxExporter.export_tensor_proto(t) for t in constants if _nbytes(t) < SKELETON_MIN_BYTES],
-        value_info=list(map(_value_info, described)))
-    model = onnx.helper.make_model(skeleton, opset_imports=update_import_domains(graph),
-                                   functions=[OnnxExporter.export_function(f) for f in graph.functions])
-    if graph.ir_version is not None:
-        model.ir_version = graph.ir_version
-    return model
-
-
-def _value_info(tensor: gs.Tensor) -> onnx.ValueInfoProto:
-    return OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
-
-
-def _nbytes(constant: gs.Constant) -> int:
-    return int(np.prod(constant.shape, dtype=np.int64)) * np.dtype(constant.dtype).itemsize
-
-
 def _annotate_shapes(graph: gs.Graph, inferred: onnx.ModelProto) -> None:
     infos = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
     for name, tensor in graph.tensors().items():
@@ -98,8 +61,8 @@ def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
     return dim.dim_param or None
 
 
-def check_model(model: onnx.ModelProto | bytes, what: str) -> None:
-    """The ONNX checker on ``model``; pass the serialized model when you have it, to save serializing it again."""
+def check_model(model: onnx.ModelProto | bytes | str, what: str) -> None:
+    """The ONNX checker on ``model``: a message, its bytes, or the path of a file written already."""
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:

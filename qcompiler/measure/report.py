@@ -70,11 +70,11 @@ def layer_outputs(graph: gs.Graph, plan: QuantPlan) -> list[tuple[str, str, str]
     return [(n.name, n.op, n.outputs[0].name) for n in graph.nodes if n.name in weighted]
 
 
-def report_json(backend: str, plan: QuantPlan, float_model: runtime.Serialized, quant_model: runtime.Serialized,
+def report_json(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_graph: gs.Graph,
                 layers: Sequence[tuple[str, str, str]], feed: dict[str, np.ndarray], samples: int) -> str:
-    outputs = [o.name for o in float_model.model.graph.output]
+    outputs = [o.name for o in float_graph.outputs]
     fetch = outputs + [out for _, _, out in layers if out not in outputs]
-    energies = _energies(float_model, quant_model, fetch, feed)
+    energies = _energies(float_graph, quant_graph, fetch, feed)
     report = {
         "format": "qcompiler.report/1",
         "backend": backend,
@@ -89,7 +89,7 @@ def report_json(backend: str, plan: QuantPlan, float_model: runtime.Serialized, 
     return _dumps(report)
 
 
-def _energies(float_model: runtime.Serialized, quant_model: runtime.Serialized, names: list[str],
+def _energies(float_graph: gs.Graph, quant_graph: gs.Graph, names: list[str],
               feed: dict[str, np.ndarray]) -> dict[str, Energies]:
     """Each tensor of ``names`` in both models, compared over the samples of ``feed``.
 
@@ -99,8 +99,8 @@ def _energies(float_model: runtime.Serialized, quant_model: runtime.Serialized, 
     onnxruntime's integer kernels.
     """
     options = dict(memory_pattern=False, arena=False)
-    reference = runtime.session(float_model.with_outputs(names), **options)
-    quantized = runtime.session(quant_model.with_outputs(names), fuse_qdq=False, **options)
+    reference = runtime.graph_session(float_graph, names, **options)
+    quantized = runtime.graph_session(quant_graph, names, fuse_qdq=False, **options)
     energies = {name: Energies() for name in names}
     for index in range(len(next(iter(feed.values())))):
         sample = {name: values[index:index + 1] for name, values in feed.items()}

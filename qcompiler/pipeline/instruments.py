@@ -14,7 +14,8 @@ from typing import Sequence, TextIO
 import onnx_graphsurgeon as gs
 
 from qcompiler.fileio import write_atomic
-from qcompiler.graph import ir, qir
+from qcompiler.graph import qir
+from qcompiler.graph.serialize import save_model
 from qcompiler.pipeline.manager import StageRecord, pipeline_text, timing_text
 from qcompiler.pipeline.pass_base import PassContext
 
@@ -27,7 +28,7 @@ class DumpInstrument:
 
     def after_stage(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None:
         write_atomic(self.dump_dir / f"{record.label}.qir", qir.to_text(graph))
-        write_atomic(self.dump_dir / f"{record.label}.onnx", ir.to_model(graph).SerializeToString())
+        save_model(graph, self.dump_dir / f"{record.label}.onnx")
 
     def finish(self, records: Sequence[StageRecord], ctx: PassContext) -> None:
         write_atomic(self.dump_dir / "pipeline.txt", pipeline_text(self.backend, records))

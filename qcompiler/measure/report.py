@@ -30,8 +30,9 @@ class Energies:
     noise: float = 0.0
 
     def add(self, reference: np.ndarray, actual: np.ndarray) -> None:
-        reference = np.asarray(reference, np.float32).ravel()
-        difference = reference - np.asarray(actual, np.float32).ravel()
+        # in float64: the energy of a float32 tensor overflows float32 on large activations (onnx's VGG-19)
+        reference = np.asarray(reference, np.float64).ravel()
+        difference = reference - np.asarray(actual, np.float64).ravel()
         self.signal += float(np.dot(reference, reference))
         self.noise += float(np.dot(difference, difference))
 

@@ -50,7 +50,7 @@ Payload = bytes | str | gs.Graph
 class CompileRequest:
     model: Path
     backend: str
-    out: Path
+    out: Path | None   # None: compile in memory, the files in CompileResult.files and none written
     overrides: list[str] = field(default_factory=list)
     dump_dir: Path | None = None
     print_after: list[str] = field(default_factory=list)
@@ -91,7 +91,8 @@ class CompileResult:
     float_graph: gs.Graph    # the last float stage's (model.onnx)
     records: list[StageRecord]
     ctx: PassContext
-    outputs: list[Path]
+    outputs: list[Path]                   # what was written
+    files: dict[str, Payload] = field(default_factory=dict)   # what would have been, for out=None
 
 
 def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -> CompileResult:
@@ -116,7 +117,8 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     if request.calib is None and _runs(backend, "calibrate", request):
         raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
                          "(or --stop-after a pass before calibrate)")
-    check_output_dir(request.out, protected=[request.model])
+    if request.out is not None:
+        check_output_dir(request.out, protected=[request.model])
     if request.dump_dir is not None:
         check_output_dir(request.dump_dir, protected=[request.model])
 
@@ -129,7 +131,10 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         ctx.progress = _progress_bar
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    written = _write_outputs(request.out, _outputs(graph, float_keeper.graph, ctx, records, bound.emitters))
+    outputs = _outputs(graph, float_keeper.graph, ctx, records, bound.emitters)
+    if request.out is None:
+        return CompileResult(backend, graph, float_keeper.graph, records, ctx, [], dict(_checked(outputs)))
+    written = _write_outputs(request.out, outputs)
     return CompileResult(backend, graph, float_keeper.graph, records, ctx, written)
 
 

@@ -285,3 +285,18 @@ def test_bad_emitter_options_are_one_line_exit_2(capsys, model_path, calib, tmp_
     code, _, err = qcompile(capsys, model_path, "-b", backend, "-o", tmp_path / "o", "--calib", calib, *flags)
     assert code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_compile_in_memory_makes_every_file_and_writes_none(model_path, calib, tmp_path, monkeypatch):
+    from qcompiler.driver import CompileRequest, compile_model
+
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=None, calib=str(calib)))
+    assert sorted(tmp_path.rglob("*")) == before and result.outputs == []
+    assert sorted(result.files) == ["calibration.cache", "dynamic_range.json", "model.onnx", "model.qdq.onnx",
+                                    "model.trt.onnx", "pipeline.txt", "qparams.json", "report.json"]
+    assert result.files["model.qdq.onnx"] is result.graph and result.files["model.onnx"] is result.float_graph
+    written = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=tmp_path / "o", calib=str(calib)))
+    assert (tmp_path / "o" / "qparams.json").read_text() == result.files["qparams.json"]
+    assert [p.name for p in written.outputs] == list(result.files)

@@ -100,8 +100,10 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
 
     DIR/model.onnx is the float model after the last float stage, and once the
     quantizers are calibrated DIR/model.qdq.onnx, qparams.json and report.json
-    follow; DIR/pipeline.txt always. QIR printed by --print-after* goes to
-    ``print_stream`` (stderr by default).
+    follow, then the backend's files; DIR/pipeline.txt always. With
+    ``request.out`` None the same outputs are made and checked, returned in
+    ``CompileResult.files``, and none is written. QIR printed by
+    --print-after* goes to ``print_stream`` (stderr by default).
     """
     print_stream = print_stream or sys.stderr
     backend = load_backend(request.backend, request.overrides)

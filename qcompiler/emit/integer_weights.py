@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.graph import ir
 from qcompiler.quant.plan import QuantPlan
-from qcompiler.quant.qmath import quantize
 
 
 def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
@@ -21,9 +19,7 @@ def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     tensors = graph.tensors()
     for point in plan.weights():
         quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
-        values = quantize(ir.constant_value(tensors[point.tensor]), point.scale, point.zero_point, point.grid,
-                          point.axis)
-        integers = gs.Constant(quant.outputs[0].name, values)
+        integers = gs.Constant(quant.outputs[0].name, point.quantized(tensors[point.tensor].values))
         quant.outputs.clear()
         dequant.inputs[0] = integers
     graph.cleanup(remove_unused_graph_inputs=False).toposort()

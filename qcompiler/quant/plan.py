@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 import yaml
 
 from qcompiler.config.backend import EstimatorConfig, QuantizerSpec, WeightEstimatorConfig
-from qcompiler.quant.qmath import Grid, grid, qparams, resolve_signed
+from qcompiler.quant.qmath import Grid, grid, qparams, quantize, resolve_signed
 
 QuantKind = Literal["activation", "weight"]
 
@@ -45,10 +45,24 @@ class QuantPoint:
     grid: Grid | None = None
     scale: np.ndarray | None = None
     zero_point: np.ndarray | None = None
+    # a weight's integers, made once for the values and scale they were made from
+    _integers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def calibrated(self) -> bool:
         return self.scale is not None
+
+    def quantized(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (the weight's) on this point's grid: what QuantizeLinear makes of them, computed once.
+
+        Several outputs read a weight's integers (model.trt.onnx, model.int8.onnx,
+        report.json); quantizing 550 MB of weights costs a second each time.
+        """
+        cached = self._integers
+        if cached is None or cached[0] is not values or cached[1] is not self.scale:
+            cached = self._integers = (values, self.scale,
+                                       quantize(values, self.scale, self.zero_point, self.grid, self.axis))
+        return cached[2]
 
     def set_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
         """Record the calibrated range and derive grid, scale and zero point from the spec."""

@@ -87,3 +87,13 @@ def test_images_are_resized_cropped_and_normalized(tmp_path):
     np.testing.assert_allclose(image[1:], 0.0)
     nhwc = load_image(tmp_path / "red.png", Preprocess(resize=(32, 48), channels="BGR", layout="NHWC"))
     assert nhwc.shape == (32, 48, 3) and nhwc[0, 0, 2] == 200
+
+
+def test_sqnr_of_tensors_whose_energy_overflows_float32():
+    rng = np.random.default_rng(0)
+    reference = (rng.standard_normal(100_000) * 1e18).astype(np.float32)  # sum of squares ~1e41
+    quantized = reference * np.float32(1.01)
+    assert sqnr_db(reference, quantized) == pytest.approx(40.0, abs=1e-3)
+    small = rng.standard_normal(1000).astype(np.float32)
+    assert sqnr_db(small, small * np.float32(1.01)) == pytest.approx(40.0, abs=1e-3)
+    assert sqnr_db(np.zeros(4, np.float32), np.zeros(4, np.float32)) == math.inf

@@ -239,10 +239,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.data is None:
         raise UsageError(f"give the data to compare on: {PROG} eval FLOAT QUANT --data DIR|FILE.npy|FILE.npz")
-    float_model, quant_model = load_model(args.float_model), load_model(args.quant_model)
+    # read here for their inputs and to refuse what is not ONNX; onnxruntime reads the files (external data too)
+    float_model = load_model(args.float_model, external_data=False)
+    load_model(args.quant_model, external_data=False)
     data = open_data(args.data, InputSpec.of_model(float_model), preprocess_from(args), args.data_size)
     try:
-        result = evaluate(float_model, quant_model, data, args.batch_size, args.onnxruntime_kernels)
+        result = evaluate(args.float_model, args.quant_model, data, args.batch_size, args.onnxruntime_kernels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for output in result.outputs:

@@ -300,3 +300,31 @@ def test_a_compile_in_memory_makes_every_file_and_writes_none(model_path, calib,
     written = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=tmp_path / "o", calib=str(calib)))
     assert (tmp_path / "o" / "qparams.json").read_text() == result.files["qparams.json"]
     assert [p.name for p in written.outputs] == list(result.files)
+
+
+def test_a_model_past_the_protobuf_limit_is_written_with_external_data(capsys, model_path, calib, tmp_path,
+                                                                       monkeypatch):
+    from qcompiler import runtime
+    from qcompiler.driver import CompileRequest, compile_model
+    from qcompiler.graph import serialize
+    from qcompiler.graph.importer import import_model
+
+    monkeypatch.setattr(serialize, "EXTERNAL_DATA_BYTES", 20_000)  # the test model's float weights: 47 kB
+    out = tmp_path / "out"
+    result = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=out, calib=str(calib)))
+    names = [p.name for p in result.outputs]
+    assert {"model.onnx.data", "model.qdq.onnx.data"} <= set(names) and (out / "model.onnx.data").is_file()
+    assert names.index("model.onnx.data") == names.index("model.onnx") + 1
+    assert (out / "model.onnx").stat().st_size < 10_000  # the weights are beside it, not in it
+    onnx.checker.check_model(str(out / "model.qdq.onnx"))
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 16, 16, 16)).astype(np.float32)}
+    for name, graph in (("model.onnx", result.float_graph), ("model.qdq.onnx", result.graph)):
+        (from_file,) = runtime.run(out / name, feeds)
+        (from_graph,) = runtime.run(graph, feeds)
+        np.testing.assert_array_equal(from_file, from_graph)
+    again, _ = import_model(out / "model.onnx")  # read back, external data and all
+    assert {t.name for t in again.tensors().values()} >= {c.name for c in result.float_graph.tensors().values()
+                                                          if c.__class__.__name__ == "Constant"}
+    assert qcompile(capsys, "check", "--backend", "tensorrt", out / "model.trt.onnx")[0] == 0
+    code, text, _ = qcompile(capsys, "eval", out / "model.onnx", out / "model.qdq.onnx", "--data", calib)
+    assert code == 0 and "SQNR" in text

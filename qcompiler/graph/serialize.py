@@ -9,7 +9,9 @@ constants instead:
 - ``write_model`` streams a model file: the protobuf encoding is written
   field by field in field-number order, and each large constant's raw data
   goes from the numpy array to the file. The bytes are those
-  ``ir.to_model(graph).SerializeToString()`` gives.
+  ``ir.to_model(graph).SerializeToString()`` gives. ``save_model`` writes a
+  model past protobuf's 2 GiB limit with external data instead: the large
+  constants in ``<model>.data`` beside it, the message pointing into it.
 - ``skeleton_model`` leaves large constants out as typed graph inputs, for
   the ONNX checker and shape inference after every pass.
 - ``session_model`` marks them external, for an onnxruntime session that is
@@ -32,6 +34,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from qcompiler.fileio import write_atomic
 
 LARGE_BYTES = 4096
+# Protobuf parses no message past 2 GiB; a model whose constants come near it keeps them in a file beside it.
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
 # where an external initializer's data lives for a session given it in memory
 IN_MEMORY = "qcompiler-in-memory"
 
@@ -62,9 +66,29 @@ def session_model(graph: gs.Graph, extra_outputs: Sequence[str] = ()) -> tuple[o
     return _model(graph, _graph_proto(graph, initializers, extra_outputs=added)), large
 
 
-def save_model(graph: gs.Graph, path: Path) -> None:
-    """Write ``graph`` to ``path`` as an ONNX model file, atomically (``write_model``)."""
-    write_atomic(path, lambda out: write_model(graph, out))
+def save_model(graph: gs.Graph, path: Path) -> list[Path]:
+    """Write ``graph`` to ``path`` as an ONNX model file, atomically; the files written.
+
+    One file (``write_model``) unless the constants come near protobuf's
+    2 GiB limit: then the large ones go to ``<name>.data`` beside it, in
+    graph order, and the model holds their offsets, as ``onnx.save_model``
+    with ``save_as_external_data`` lays them out; every reader here
+    (onnx.load, onnxruntime, TensorRT's parser given the path) finds them.
+    """
+    path = Path(path)
+    constants = _constants(graph)
+    if sum(c.values.nbytes for c in constants) < EXTERNAL_DATA_BYTES:
+        write_atomic(path, lambda out: write_model(graph, out))
+        return [path]
+    data = path.with_name(path.name + ".data")
+    large = [c for c in constants if is_large(c)]
+    write_atomic(data, lambda out: [out.write(_raw(c)) for c in large])
+    offsets = np.cumsum([0] + [c.values.nbytes for c in large]).tolist()
+    placed = {c.name: (offset, c.values.nbytes) for c, offset in zip(large, offsets)}
+    initializers = [_external_header(c, data.name, *placed[c.name]) if c.name in placed
+                    else OnnxExporter.export_tensor_proto(c) for c in constants]
+    write_atomic(path, _model(graph, _graph_proto(graph, initializers)).SerializeToString())
+    return [path, data]
 
 
 def write_model(graph: gs.Graph, out: BinaryIO) -> None:
@@ -139,11 +163,20 @@ def _output_infos(graph: gs.Graph, names: Sequence[str]) -> list[onnx.ValueInfoP
     return infos
 
 
-def _external_header(constant: gs.Constant) -> onnx.TensorProto:
+def _external_header(constant: gs.Constant, location: str = IN_MEMORY, offset: int | None = None,
+                     length: int | None = None) -> onnx.TensorProto:
     tensor = onnx.TensorProto(name=constant.name, data_type=dtype_to_onnx(constant.dtype), dims=constant.shape,
                               data_location=onnx.TensorProto.EXTERNAL)
-    tensor.external_data.add(key="location", value=IN_MEMORY)
+    tensor.external_data.add(key="location", value=location)
+    if offset is not None:
+        tensor.external_data.add(key="offset", value=str(offset))
+        tensor.external_data.add(key="length", value=str(length))
     return tensor
+
+
+def _raw(constant: gs.Constant) -> memoryview:
+    """A constant's bytes as ONNX stores them (little-endian, C order), without a copy where it can."""
+    return memoryview(np.ascontiguousarray(constant.values)).cast("B")
 
 
 def _initializer_entry(constant: gs.Constant) -> bytes | tuple[bytes, memoryview]:
@@ -154,8 +187,7 @@ def _initializer_entry(constant: gs.Constant) -> bytes | tuple[bytes, memoryview
         encoded = OnnxExporter.export_tensor_proto(constant).SerializeToString()
         return _tag(_INITIALIZER_FIELD) + _varint(len(encoded)) + encoded
     header = onnx.TensorProto(dims=constant.shape, data_type=dtype_to_onnx(constant.dtype), name=constant.name)
-    raw = memoryview(np.ascontiguousarray(constant.values)).cast("B")
-    return header.SerializeToString(), raw
+    return header.SerializeToString(), _raw(constant)
 
 
 def _entry_length(entry: bytes | tuple[bytes, memoryview]) -> int:

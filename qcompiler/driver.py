@@ -134,9 +134,10 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         ctx.progress = _progress_bar
     graph = manager.run(graph, ctx, import_record)
     records = [import_record, *manager.records]
-    outputs = _outputs(graph, float_keeper.graph, ctx, records, bound.emitters)
+    outputs = _checked(_outputs(graph, float_keeper.graph, ctx, records, bound.emitters),
+                       verified=[graph, float_keeper.graph])
     if request.out is None:
-        return CompileResult(backend, graph, float_keeper.graph, records, ctx, [], dict(_checked(outputs)))
+        return CompileResult(backend, graph, float_keeper.graph, records, ctx, [], dict(outputs))
     written = _write_outputs(request.out, outputs)
     return CompileResult(backend, graph, float_keeper.graph, records, ctx, written)
 
@@ -202,20 +203,22 @@ def _outputs(graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext, records: 
     yield "pipeline.txt", pipeline_text(backend, records)
 
 
-def _checked(outputs: Iterable[tuple[str, Payload]]) -> Iterator[tuple[str, Payload]]:
+def _checked(outputs: Iterable[tuple[str, Payload]], verified: Sequence[gs.Graph]) -> Iterator[tuple[str, Payload]]:
     """``outputs``, each name once, a model once the ONNX checker passed its skeleton.
 
     The skeleton holds every node, type and small constant; the file is
     written from the graph byte for byte as the exporter writes it
     (``serialize.write_model``), so re-reading 550 MB of weights to check
-    them again (2.5 s a model) would check nothing new.
+    them again (2.5 s a model) would check nothing new. The graphs the pass
+    manager verified after their stage (model.onnx's, model.qdq.onnx's) are
+    not checked twice.
     """
     seen: set[str] = set()
     for name, payload in outputs:
         if name in seen:
             raise QCompileError(f"{name} would be written twice: an emitter writes a file the compile writes")
         seen.add(name)
-        if isinstance(payload, gs.Graph):
+        if isinstance(payload, gs.Graph) and not any(payload is graph for graph in verified):
             check_model(skeleton_model(payload), f"{name} is not valid ONNX")
         yield name, payload
 
@@ -229,7 +232,7 @@ def _write_outputs(out_dir: Path, outputs: Iterable[tuple[str, Payload]]) -> lis
     """
     written: list[list[Path] | Future] = []  # in the order the outputs are made
     with staged_output_dir(out_dir) as stage, ThreadPoolExecutor(1, thread_name_prefix="model-writer") as writer:
-        for name, payload in _checked(outputs):
+        for name, payload in outputs:
             if isinstance(payload, gs.Graph):
                 written.append(writer.submit(save_model, payload, stage / name))
             else:

@@ -45,7 +45,8 @@ _RAW_DATA_FIELD = 9       # TensorProto.raw_data
 
 
 def is_large(constant: gs.Constant) -> bool:
-    return int(np.prod(constant.shape, dtype=np.int64)) * np.dtype(constant.dtype).itemsize >= LARGE_BYTES
+    values = constant._values  # a LazyValues knows its size without loading its values
+    return values.nbytes >= LARGE_BYTES
 
 
 def skeleton_model(graph: gs.Graph) -> onnx.ModelProto:

@@ -43,22 +43,18 @@ class Energies:
         return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
 
 
-# float32 holds sums of squares up to about 3.4e38; below this bound a dot product cannot overflow
-FLOAT32_SAFE_ENERGY = 1e37
-
-
 def _energy(values: np.ndarray) -> float:
-    """sum(values**2) of a float32 vector, scaled by its largest magnitude where float32 would overflow.
+    """sum(values**2) of a float32 vector: one dot product, scaled by its largest magnitude if that overflows.
 
     onnx's light VGG-19 has activations whose energy overflows float32
     ("overflow encountered in dot", and an SQNR of nan); casting every tensor
     to float64 instead would copy each at twice its size.
     """
-    peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
-    if peak == 0.0:
-        return 0.0
-    if peak * peak * values.size < FLOAT32_SAFE_ENERGY:
-        return float(np.dot(values, values))
+    with np.errstate(over="ignore", invalid="ignore"):
+        energy = float(np.dot(values, values))
+    if math.isfinite(energy):
+        return energy
+    peak = max(float(values.max()), -float(values.min()))
     scaled = values / np.float32(peak)
     return float(np.dot(scaled, scaled)) * peak * peak
 

@@ -11,6 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from qcompiler.errors import QCompileError, first_line
 from qcompiler.graph.serialize import session_model
 
 _NUMPY_OF_ORT = {
@@ -54,7 +55,7 @@ def session(model: onnx.ModelProto | bytes | Path | str, threads: int = 0, memor
     threads then sleep instead of spinning.
     """
     options = _options(threads, memory_pattern, optimize, arena, fuse_qdq, spinning)
-    return ort.InferenceSession(_source(model), options, providers=["CPUExecutionProvider"])
+    return _created(_source(model), options)
 
 
 def graph_session(graph: gs.Graph, outputs: Sequence[str] = (), threads: int = 0, memory_pattern: bool = True,
@@ -78,9 +79,19 @@ def graph_session(graph: gs.Graph, outputs: Sequence[str] = (), threads: int = 0
     values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
     if large:
         options.add_external_initializers([constant.name for constant in large], values)
-    created = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    created = _created(model.SerializeToString(), options)
     created._qcompiler_weights = (arrays, values)  # onnxruntime may read them as long as the session lives
     return created
+
+
+def _created(source: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime CPU session, or a one-line error when onnxruntime cannot load the model."""
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types (Fail, InvalidGraph, NotImplemented, ...)
+        raise QCompileError(f"onnxruntime cannot load the model ({first_line(exc)}); qcompile runs it to calibrate "
+                            "and measure, so every op must be one onnxruntime has (for a custom op, register its "
+                            "library)") from exc
 
 
 def _options(threads: int, memory_pattern: bool, optimize: bool, arena: bool, fuse_qdq: bool,

@@ -163,11 +163,11 @@ def test_misspelt_key_and_unknown_pass_in_a_user_file(capsys, model_path, tmp_pa
     assert code == 2 and "unknown pass 'calibrat'; known passes: calibrate, fold_bn" in err
 
 
-def test_invalid_and_quantized_models_exit_1(capsys, tmp_path):
+def test_invalid_and_quantized_models_are_input_errors(capsys, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"definitely not protobuf" * 3)
     code, _, err = qcompile(capsys, bad, "-b", "tensorrt", "-o", tmp_path / "o", "--stop-after", "fold_bn")
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     q = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"], name="dq")], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
@@ -175,7 +175,7 @@ def test_invalid_and_quantized_models_exit_1(capsys, tmp_path):
         opset_imports=[onnx.helper.make_opsetid("", 17)])
     onnx.save(q, str(tmp_path / "q.onnx"))
     code, _, err = qcompile(capsys, tmp_path / "q.onnx", "-b", "tensorrt", "-o", tmp_path / "o", "--stop-after", "fold_bn")
-    assert code == 1 and "already quantized" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "already quantized" in err and not (tmp_path / "o").exists()
 
 
 def test_failed_compile_leaves_no_output_dir(capsys, model_path, calib, tmp_path, monkeypatch):

@@ -170,4 +170,4 @@ def test_missing_and_garbage_files_fail_cleanly(tmp_path):
     garbage.write_bytes(b"\x00not a model at all\xff" * 10)
     with pytest.raises(QCompileError) as info:
         import_model(garbage)
-    assert info.value.exit_code == 1 and "\n" not in str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)

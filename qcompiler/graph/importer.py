@@ -45,15 +45,16 @@ class ImportStats:
             self.counts[key] = self.counts.get(key, 0) + n
 
 
-def import_model(path: Path) -> tuple[gs.Graph, ImportStats]:
-    """Load ``path`` and return the canonical graph with what import did."""
+def import_model(path: Path, model: onnx.ModelProto | None = None) -> tuple[gs.Graph, ImportStats]:
+    """Load ``path`` (its message given as ``model`` if read already) and return the canonical graph with
+    what import did."""
     path = Path(path)
     stats = ImportStats()
-    model = load_model(path, external_data=False)
-    refuse_quantized(model, path)
+    model = model if model is not None else load_model(path, external_data=False)
+    refuse_unsupported(model, path)
     stats.add("initializer_inputs_removed", _drop_initializer_inputs(model))
     stats.add("negative_dims_named", _name_negative_dims(model))
-    check_model(_without_external_data(model), f"{path.name} is not a valid ONNX model")
+    check_model(_without_external_data(model), f"{path.name} is not a valid ONNX model", UsageError)
     if ir.default_opset(model) < MIN_OPSET and _external(model):  # the converter reads constants' values
         onnx.load_external_data_for_model(model, str(path.parent))
     model = _upgrade_opset(model, stats)
@@ -102,13 +103,13 @@ def _read_external(tensor: onnx.TensorProto, model_path: Path) -> np.ndarray:
     location = Path(info.get("location", ""))
     source = (model_path.parent / location).resolve()
     if location.is_absolute() or model_path.parent.resolve() not in source.parents:
-        raise QCompileError(f"{model_path.name}: the data of {tensor.name} is said to be in {location}, outside "
+        raise UsageError(f"{model_path.name}: the data of {tensor.name} is said to be in {location}, outside "
                             "the model's folder; keep the model's data files beside it")
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     count = int(np.prod(tensor.dims, dtype=np.int64))
     offset = int(info.get("offset", 0))
     if not source.is_file() or source.stat().st_size < offset + count * dtype.itemsize:
-        raise QCompileError(f"{model_path.name}: the data of {tensor.name} should be in {location} beside it "
+        raise UsageError(f"{model_path.name}: the data of {tensor.name} should be in {location} beside it "
                             f"({count * dtype.itemsize} bytes from offset {offset}); copy that file next to the model")
     return np.memmap(source, dtype=dtype, mode="c", offset=offset, shape=tuple(tensor.dims))
 
@@ -122,19 +123,27 @@ def load_model(path: Path, external_data: bool = True) -> onnx.ModelProto:
     """The model at ``path`` (its external data too unless ``external_data`` is false), or a one-line error."""
     path = Path(path)
     require_model_file(path)
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path.name} is empty (0 bytes); give an .onnx model file")
     try:
-        return onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError...
-        raise QCompileError(f"{path.name} could not be read as ONNX ({first_line(exc)}); is it an .onnx file?") from exc
+        raise UsageError(f"{path.name} could not be read as ONNX ({first_line(exc)}); is it an .onnx file?") from exc
+    if not model.HasField("graph") or not model.graph.node:
+        raise UsageError(f"{path.name} holds no graph (no nodes); is it an .onnx model file?")
+    return model
 
 
-def refuse_quantized(model: onnx.ModelProto, path: Path) -> None:
+def refuse_unsupported(model: onnx.ModelProto, path: Path) -> None:
+    """A one-line UsageError for a model qcompile does not take: quantized already, or of a future opset."""
     for node in model.graph.node:
         if is_quantized_op(node.op_type):
-            raise QCompileError(
-                f"{Path(path).name} is already quantized ({node.op_type} node {node.name!r}); "
-                "qcompile takes the FP32 model"
-            )
+            raise UsageError(f"{Path(path).name} is already quantized ({node.op_type} node {node.name!r}); "
+                             "qcompile takes the FP32 model")
+    newest = onnx.defs.onnx_opset_version()
+    if ir.default_opset(model) > newest:
+        raise UsageError(f"{Path(path).name} is stamped opset {ir.default_opset(model)}, newer than the {newest} that "
+                         f"onnx {onnx.__version__} knows; export it at opset {newest} or lower")
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> int:

@@ -61,12 +61,14 @@ def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str | None:
     return dim.dim_param or None
 
 
-def check_model(model: onnx.ModelProto | bytes | str, what: str) -> None:
-    """The ONNX checker on ``model``: a message, its bytes, or the path of a file written already."""
+def check_model(model: onnx.ModelProto | bytes | str, what: str,
+                error: type[QCompileError] = QCompileError) -> None:
+    """The ONNX checker on ``model``: a message, its bytes, or the path of a file written already; a model
+    that fails raises ``error`` (UsageError for the model a user gave)."""
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise QCompileError(f"{what}: {first_line(exc)}") from exc
+        raise error(f"{what}: {first_line(exc)}") from exc
 
 
 def invariant_violations(graph: gs.Graph) -> list[str]:

@@ -67,9 +67,12 @@ def evaluate(float_model: onnx.ModelProto | Path, quant_model: onnx.ModelProto |
     # the same session settings for both, so that a model compared with itself agrees exactly
     reference = runtime.session(float_model, fuse_qdq=onnxruntime_kernels)
     quantized = runtime.session(quant_model, fuse_qdq=onnxruntime_kernels)
+    for what in ("inputs", "outputs"):
+        ours, theirs = ([v.name for v in getattr(session, f"get_{what}")()] for session in (reference, quantized))
+        if sorted(ours) != sorted(theirs):
+            raise ValueError(f"the models' {what} differ: {ours} vs {theirs}; give the quantized model compiled "
+                             "from this float one")
     names = [o.name for o in reference.get_outputs()]
-    if sorted(names) != sorted(o.name for o in quantized.get_outputs()):
-        raise ValueError(f"the models' outputs differ: {names} vs {[o.name for o in quantized.get_outputs()]}")
     result = Agreement([OutputAgreement(name) for name in names])
     for feed in data.batches(batch_size):
         for meter, r, q in zip(result.outputs, reference.run(names, feed), quantized.run(names, feed)):

@@ -8,20 +8,23 @@ estimator: the one its quant point names (the backend's default, or a
 ``layers:`` override), see calibration/observer.py. Weights: their
 estimator over each initializer, per channel where the spec says so.
 Ranges are widened to contain 0; degenerate ranges get a finite, non-zero
-scale.
+scale. Degenerate data warns (``--strict``: fails): a calibration input that
+holds one value throughout, an activation whose range is zero, fewer
+samples than an estimator needs.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.calibration.batching import batch_size
 from qcompiler.calibration.estimators import estimate_weight
-from qcompiler.calibration.observer import activation_ranges
+from qcompiler.calibration.observer import Observation, activation_ranges
 from qcompiler.errors import UsageError
 from qcompiler.graph import ir
 from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
 from qcompiler.pipeline.properties import CALIBRATED, QUANTIZERS_PLACED
-from qcompiler.quant.plan import write_qparams
+from qcompiler.quant.plan import QuantPoint, write_qparams
 
 
 class Calibrate(Pass):
@@ -36,10 +39,12 @@ class Calibrate(Pass):
         samples = 0
         activations = ctx.plan.activations()
         if activations:
-            ranges, samples = activation_ranges(graph, ctx.plan, activations, data,
-                                                batch_size(ctx.backend.calibration.batch_size, data), ctx.progress)
+            seen = activation_ranges(graph, ctx.plan, activations, data,
+                                     batch_size(ctx.backend.calibration.batch_size, data), ctx.progress)
+            samples = seen.samples
             for point in activations:
-                point.set_range(*ranges[point.tensor])
+                point.set_range(*seen.ranges[point.tensor])
+            _warn_of_degenerate_data(seen, activations, ctx)
         tensors = graph.tensors()
         for point in ctx.plan.weights():
             point.set_range(*estimate_weight(point.estimator, ir.constant_value(tensors[point.tensor]), point.axis))
@@ -47,3 +52,16 @@ class Calibrate(Pass):
             write_qparams(tensors, point)
         return PassResult(changed=True, stats={"samples": samples, "activation_points": len(activations),
                                                "weight_points": len(ctx.plan.weights())})
+
+
+def _warn_of_degenerate_data(seen: Observation, activations: list[QuantPoint], ctx: PassContext) -> None:
+    for name, value in seen.constant_inputs.items():
+        ctx.warn(f"calibration input {name} is {value:g} in every sample: ranges calibrated on it say nothing of "
+                 "real inputs; check the data and its preprocessing")
+    zero = [p.tensor for p in activations if not (np.any(p.lo) or np.any(p.hi))]
+    if zero and not seen.constant_inputs:
+        ctx.warn(f"{len(zero)} activation(s) have a zero range, e.g. {zero[0]}: the calibration data never makes "
+                 "them non-zero, so their quantizers send every value to 0")
+    if seen.samples < seen.min_samples:
+        ctx.warn(f"calibration saw {seen.samples} sample(s), fewer than the {seen.min_samples} its estimators need "
+                 "for a range that is the data's rather than one sample's; give more")

@@ -56,6 +56,8 @@ class InsertQuantizers(Pass):
         if ctx.plan:
             raise QCompileError("quantizers are already placed; list insert_quantizers once")
         points = _Planner(graph, ctx).plan()
+        if not points:
+            raise QCompileError(_nothing_to_quantize(graph, ctx.backend))
         names = ir.GraphNames(graph)
         tensors = graph.tensors()   # every point quantizes a tensor that is already there
         for point in points:
@@ -318,6 +320,15 @@ class _Planner:
             name = self.inherits[name]
         return name
 
+
+
+def _nothing_to_quantize(graph: gs.Graph, backend: BackendConfig) -> str:
+    if any(t.dtype is not None and np.dtype(t.dtype) == np.float16 for t in graph.tensors().values()):
+        why = "its tensors are float16, and qcompile quantizes float32 models: convert it to float32 first"
+    else:
+        why = ("it has no float32 op that backend quantizes, such as a Conv, ConvTranspose, Gemm or MatMul with a "
+               "constant weight")
+    return f"nothing to quantize in this model for backend {backend.name}: {why}"
 
 
 def _matches(layer: LayerOverride, node: gs.Node, positions: dict[str, list[str]]) -> bool:

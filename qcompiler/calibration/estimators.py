@@ -26,6 +26,8 @@ class Estimator:
     """
 
     uses_sample_extrema = False
+    # below this many samples the estimate is one sample's, not the data's
+    min_samples = 1
 
     def update(self, batch: np.ndarray) -> None:
         per_sample = batch.reshape(batch.shape[0], -1)
@@ -58,6 +60,7 @@ class MeanMax(Estimator):
     """Mean over samples of each sample's min and max (OpenVINO's default)."""
 
     uses_sample_extrema = True
+    min_samples = 8
 
     def __init__(self, config: EstimatorConfig):
         self.lo_sum = self.hi_sum = 0.0
@@ -74,6 +77,8 @@ class MeanMax(Estimator):
 
 class Percentile(Estimator):
     """Mean over samples of each sample's (1 - p) and p quantiles (p = 0.9999 by default)."""
+
+    min_samples = 8
 
     def __init__(self, config: EstimatorConfig):
         self.fraction = config.percentile if config.percentile is not None else 0.9999

@@ -10,6 +10,7 @@ leave onnxruntime.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -19,26 +20,42 @@ from qcompiler import runtime
 from qcompiler.calibration.batching import read_ahead
 from qcompiler.calibration.estimators import Estimator, make_estimator
 from qcompiler.data.sources import CalibrationData
-from qcompiler.errors import QCompileError
+from qcompiler.errors import UsageError
 from qcompiler.graph import ir
 from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 Progress = Callable[[Iterable, "int | None", str], Iterable]
 
 
+@dataclass
+class Observation:
+    """What a pass over the calibration data found."""
+
+    ranges: dict[str, tuple[float, float]]      # by tensor, each by the estimator its point names
+    samples: int
+    min_samples: int                            # what the estimators used need for a stable estimate
+    constant_inputs: dict[str, float]           # graph inputs that held one value throughout, and that value
+
+
 def activation_ranges(graph: gs.Graph, plan: QuantPlan, points: list[QuantPoint], data: CalibrationData,
-                      batch_size: int, progress: Progress) -> tuple[dict[str, tuple[float, float]], int]:
-    """Each point's range over ``data`` by the estimator the point names, and how many samples there were."""
+                      batch_size: int, progress: Progress) -> Observation:
+    """Each point's range over ``data`` by the estimator the point names, and what else the pass saw."""
     estimators = {p.tensor: make_estimator(p.estimator) for p in points}
     observer = Observer(graph, plan, estimators, shares_cpu=data.decodes)
     total = math.ceil(data.count / batch_size) if data.count else None
     samples = 0
+    extrema: dict[str, tuple[float, float]] = {}
     for feed in progress(read_ahead(data.batches(batch_size)), total, "calibrate"):
         observer.observe(feed)
         samples += len(next(iter(feed.values())))
+        for name, values in feed.items():
+            low, high = extrema.get(name, (math.inf, -math.inf))
+            extrema[name] = (min(low, float(values.min())), max(high, float(values.max())))
     if samples == 0:
-        raise QCompileError("the calibration data holds no samples")
-    return {name: estimator.range() for name, estimator in estimators.items()}, samples
+        raise UsageError("the calibration data holds no samples; give at least one")
+    return Observation({name: estimator.range() for name, estimator in estimators.items()}, samples,
+                       max(estimator.min_samples for estimator in estimators.values()),
+                       {name: low for name, (low, high) in extrema.items() if low == high})
 
 
 class Observer:

@@ -7,13 +7,17 @@ node through ``ctx.explain``. Its contracts are code: each ``Property`` in
 """
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
 import onnx_graphsurgeon as gs
 
+from qcompiler.errors import UsageError
 from qcompiler.quant.plan import QuantPlan
+
+log = logging.getLogger("qcompiler")
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Explanation:
 @dataclass
 class PassContext:
     """What passes share besides the graph: the backend, the quantization
-    plan, the calibration data, and the decisions log."""
+    plan, the calibration data, the decisions log and the warnings."""
 
     backend: Any = None
     plan: QuantPlan = field(default_factory=QuantPlan)
@@ -60,9 +64,19 @@ class PassContext:
     progress: Callable[[Iterable, int | None, str], Iterable] = lambda items, total, description: items
     explanations: list[Explanation] = field(default_factory=list)
     current_pass: str = ""
+    # something that does not stop the compile but makes its result doubtful (degenerate data, ...)
+    warnings: list[str] = field(default_factory=list)
+    strict: bool = False   # --strict: a warning is an error
 
     def explain(self, node: str, applied: bool, reason: str) -> None:
         self.explanations.append(Explanation(self.current_pass, node, applied, reason))
+
+    def warn(self, message: str) -> None:
+        """One line on stderr and in report.json; with ``strict`` a usage error instead (exit 2)."""
+        if self.strict:
+            raise UsageError(f"{message} (a warning; --strict makes it an error)")
+        self.warnings.append(message)
+        log.warning("%s", message)
 
     def explanations_of(self, pass_name: str) -> list[Explanation]:
         return [e for e in self.explanations if e.pass_name == pass_name]

@@ -43,6 +43,9 @@ CACHE_QMAX = 127.0
 class Options:
     trt_version: str = "10.13.0"   # the calibration cache's header: the latest TensorRT 10 release
 
+    def __post_init__(self) -> None:
+        cache_header(self.trt_version)  # a version it cannot read fails when the options are bound, before any work
+
 
 def emit(compiled: Compiled, options: Options) -> Files:
     graph = integer_weights(compiled.graph, compiled.plan)

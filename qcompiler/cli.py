@@ -5,30 +5,37 @@
     qcompile check --backend NAME|FILE MODEL.onnx
     qcompile --list-backends | --list-passes | --show-backend NAME|FILE
 
-Exit codes: 0 success, 1 the compile failed, 2 a usage error. Errors are one
-line on stderr: ``qcompile: error: <what went wrong and what to do>``.
+Exit codes: 0 success; 2 a usage or input error, anything in the invocation
+you can fix (a flag, a backend file, a model file that is not an FP32 ONNX
+model, the data, the output folder); 1 a compile that failed on a valid
+model (an op onnxruntime cannot run, a pass that failed, an internal error).
+Errors are one line on stderr: ``qcompile: error: <what went wrong and what
+to do>``; warnings ``qcompile: warning: ...``. SIGINT and SIGTERM stop a
+compile with nothing written.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from qcompiler import __version__
 from qcompiler.config import schema
-from qcompiler.config.loader import backend_label, load_backend, resolved_yaml, shipped_backends
+from qcompiler.config.loader import backend_label, load_backend, read_yaml_mapping, resolved_yaml, shipped_backends
 from qcompiler.data.images import Preprocess
 from qcompiler.driver import CompileRequest, bind_backend, compile_model
 from qcompiler.emit.emitters import EmitOption
 from qcompiler.emit.registry import checkers
 from qcompiler.errors import QCompileError, UsageError, first_line
+from qcompiler.graph.ops import is_quantized_op
 from qcompiler.pipeline.manager import format_stats
 
 PROG = "qcompile"
+EVAL_BATCH = 16
 # Older flags for emitter options, kept as aliases of --emit-option KEY=VALUE.
 EMIT_OPTION_ALIASES = {"trt_version": "--trt-version", "encodings_version": "--encodings-version"}
 
@@ -69,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--list-passes", action="store_true", help="list the registered passes")
     info.add_argument("--show-backend", metavar="NAME|FILE", help="print a backend's resolved configuration")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--strict", action="store_true",
+                        help="make every warning (degenerate calibration data, ...) an error")
     add_logging_arguments(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -112,10 +121,7 @@ def preprocess_from(args: argparse.Namespace) -> Preprocess | None:
     """The image preprocessing the flags (over an optional YAML file) describe, or None for the default."""
     fields: dict = {}
     if args.preprocess is not None:
-        try:
-            fields.update(yaml.safe_load(args.preprocess.read_text()) or {})
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"--preprocess {args.preprocess}: {first_line(exc)}") from exc
+        fields.update(read_yaml_mapping(args.preprocess, f"--preprocess {args.preprocess}"))
     flags = {"resize": args.resize, "resize_shorter": args.resize_shorter, "crop": args.crop,
              "scale": args.scale, "mean": args.mean, "std": args.std,
              "channels": "BGR" if args.bgr else None, "layout": "NHWC" if args.nhwc else None}
@@ -154,7 +160,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("quant_model", type=Path, help="the quantized model (e.g. OUT/model.qdq.onnx)")
     add_data_arguments(parser, "--data", "a folder of images, .npy, .npz or module:function")
     parser.add_argument("--data-size", type=int, metavar="N", help="use the first N samples")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help=f"samples a run (default {EVAL_BATCH}, or the batch the model's inputs fix)")
     parser.add_argument("--onnxruntime-kernels", action="store_true",
                         help="run QUANT with onnxruntime's fused integer kernels, as its CPU provider deploys it, "
                              "instead of Q/DQ as the ONNX spec defines them")
@@ -173,9 +180,14 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(QCompileError):
+    """SIGINT or SIGTERM during a compile: its staging folders are gone, out/ is as it was."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         if argv[:1] == ["eval"]:
             return _eval(_parsed(build_eval_parser(), argv[1:]))
@@ -186,21 +198,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 1
     except Exception as exc:
         if debug:
             raise
         print(f"{PROG}: internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like SIGINT: every staging folder is removed on the way out
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _parsed(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv`` and set up logging from its -v count."""
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
     logging.basicConfig(level={0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
-                        format=f"{PROG}: %(message)s", stream=sys.stderr, force=True)
+                        handlers=[handler], force=True)
     return args
+
+
+class _Formatter(logging.Formatter):
+    """``qcompile: warning: ...`` for warnings (and errors), ``qcompile: ...`` for what -v tells."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{PROG}: {level}{record.getMessage()}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -217,19 +250,26 @@ def _run(args: argparse.Namespace) -> int:
                if value is None]
     if missing:
         raise UsageError(f"missing {', '.join(missing)}; e.g. {PROG} model.onnx --backend tensorrt --out out/")
-    result = compile_model(CompileRequest(
-        model=args.model, backend=args.backend, out=args.out, overrides=args.overrides,
-        dump_dir=args.dump_dir, print_after=args.print_after, print_after_all=args.print_after_all,
-        print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
-        explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
-        progress=not args.quiet, emit_options=emit_options_from(args),
-    ))
+    try:
+        result = compile_model(_request(args))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; nothing was written ({args.out} is as it was)") from None
     for pass_name in args.explain:
         for explanation in result.ctx.explanations_of(pass_name):
             print(explanation)
     if not args.quiet:
         _print_summary(args, result)
     return 0
+
+
+def _request(args: argparse.Namespace) -> CompileRequest:
+    return CompileRequest(
+        model=args.model, backend=args.backend, out=args.out, overrides=args.overrides,
+        dump_dir=args.dump_dir, print_after=args.print_after, print_after_all=args.print_after_all,
+        print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
+        explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
+        progress=not args.quiet, emit_options=emit_options_from(args), strict=args.strict,
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -242,9 +282,20 @@ def _eval(args: argparse.Namespace) -> int:
     # read here for their inputs and to refuse what is not ONNX; onnxruntime reads the files (external data too)
     float_model = load_model(args.float_model, external_data=False)
     load_model(args.quant_model, external_data=False)
+    if any(is_quantized_op(node.op_type) for node in float_model.graph.node):
+        raise UsageError(f"{args.float_model.name} is quantized; eval compares a quantized model with its float one: "
+                         f"{PROG} eval FLOAT.onnx QUANT.onnx --data DATA")
+    for flag, value in (("--data-size", args.data_size), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: give a positive number")
     data = open_data(args.data, InputSpec.of_model(float_model), preprocess_from(args), args.data_size)
+    for warning in data.warnings:
+        logging.getLogger("qcompiler").warning("%s", warning)
+    if data.fixed_batch is not None and args.batch_size not in (None, data.fixed_batch):
+        raise UsageError(f"--batch-size {args.batch_size}: the model's inputs fix the batch at {data.fixed_batch}")
+    batch_size = data.fixed_batch or args.batch_size or EVAL_BATCH
     try:
-        result = evaluate(args.float_model, args.quant_model, data, args.batch_size, args.onnxruntime_kernels)
+        result = evaluate(args.float_model, args.quant_model, data, batch_size, args.onnxruntime_kernels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     for output in result.outputs:
@@ -263,6 +314,9 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError(f"--backend {args.backend}: no rules to check (no constraints, no emitter with a "
                          f"checker); backends with rules: {', '.join(with_rules)}")
     model = load_model(args.model)
+    if not any(is_quantized_op(node.op_type) for node in model.graph.node):
+        raise UsageError(f"{args.model.name} is a float model (no quantizer, no integer op): check reads a quantized "
+                         "model, such as OUT/model.qdq.onnx or a backend's model file")
     reports = [check(model, backend) for check in found]
     for report in reports:
         print(report.text(backend.name), end="")
@@ -277,6 +331,20 @@ def _print_summary(args: argparse.Namespace, result) -> None:
         else:
             print(f"  {record.label:<24} {record.status}")
     print("wrote " + ", ".join(str(path) for path in result.outputs))
+    print(summary_line(result))
+
+
+def summary_line(result) -> str:
+    """Backend, quantized weighted ops of all, and the fake-quant model's end-to-end SQNR on the report samples."""
+    quantized, weighted = result.quantized_ops()
+    line = f"{result.backend.name}: {quantized} of {weighted} weighted ops quantized"
+    if result.report is not None:
+        outputs = result.report["outputs"]
+        sqnr = ", ".join(f"{o['sqnr_db']} dB" + (f" ({o['name']})" if len(outputs) > 1 else "") for o in outputs)
+        line += f"; end-to-end SQNR {sqnr} on {result.report['report_samples']} samples (report.json)"
+    if result.ctx.warnings:
+        line += f"; {len(result.ctx.warnings)} warning(s)"
+    return line
 
 
 def _list_backends() -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 import onnx_graphsurgeon as gs
 
@@ -25,10 +26,12 @@ from qcompiler.emit.emitters import BoundEmitter, Compiled, EmitOption
 from qcompiler.emit.registry import bind_emitters, emit_all
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.fileio import check_output_dir, staged_output_dir, write_atomic
-from qcompiler.graph.importer import import_model, require_model_file
+from qcompiler.graph import ir
+from qcompiler.graph.importer import import_model, load_model, refuse_unsupported, require_model_file
+from qcompiler.graph.ops import WEIGHTED_OPS
 from qcompiler.graph.serialize import save_model, skeleton_model
 from qcompiler.graph.verify import check_model
-from qcompiler.measure.report import layer_outputs, qparams_json, report_json
+from qcompiler.measure.report import layer_outputs, make_report, qparams_json, to_json
 from qcompiler.passes import registry
 from qcompiler.pipeline.instruments import DumpInstrument, PrintInstrument
 from qcompiler.pipeline.manager import (
@@ -65,6 +68,7 @@ class CompileRequest:
     preprocess: Preprocess | None = None
     progress: bool = False
     emit_options: list[EmitOption] = field(default_factory=list)   # emitter options from the command line
+    strict: bool = False   # a warning (degenerate data, ...) is an error
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,14 @@ class CompileResult:
     ctx: PassContext
     outputs: list[Path]                   # what was written
     files: dict[str, Payload] = field(default_factory=dict)   # what would have been, for out=None
+    report: dict[str, Any] | None = None   # report.json's content, once made
+
+    def quantized_ops(self) -> tuple[int, int]:
+        """How many weighted ops (an op of WEIGHTED_OPS with a constant weight) have their weight quantized."""
+        quantized = {node for point in self.ctx.plan.weights() for node in point.consumers}
+        weighted = [node for node in self.float_graph.nodes if node.op in WEIGHTED_OPS
+                    and len(node.inputs) > 1 and ir.constant_value(node.inputs[1]) is not None]
+        return sum(node.name in quantized for node in weighted), len(weighted)
 
 
 def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -> CompileResult:
@@ -105,41 +117,63 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     ``request.out`` None the same outputs are made and checked, returned in
     ``CompileResult.files``, and none is written. QIR printed by
     --print-after* goes to ``print_stream`` (stderr by default).
+
+    Everything that can be checked before the model is imported is: the
+    backend, the flags, the output and dump folders (their staging folders
+    are made first, so one that cannot be written fails at once), the model
+    file's message, and the first calibration sample. The dump folder is
+    staged like the outputs: a failed or interrupted compile leaves neither.
     """
     print_stream = print_stream or sys.stderr
     backend = load_backend(request.backend, request.overrides)
     bound = bind_backend(backend, backend_label(request.backend), request.emit_options)
+    manager = PassManager(bound.passes, stop_after=request.stop_after, disabled=request.disable)
+    _refuse_bad_request(request, backend)
+    with ExitStack() as stages:  # left in reverse: the outputs are moved in first, then the dump (maybe inside them)
+        dump = stages.enter_context(staged_output_dir(request.dump_dir)) if request.dump_dir is not None else None
+        out = stages.enter_context(staged_output_dir(request.out)) if request.out is not None else None
+        model = load_model(request.model, external_data=False)
+        refuse_unsupported(model, request.model)
+        data = _calibration_data(request, backend, InputSpec.of_model(model))
+        ctx = PassContext(backend=backend, calibration_data=data, strict=request.strict)
+        for warning in data.warnings if data is not None else []:
+            ctx.warn(warning)
+        if request.progress:
+            ctx.progress = _progress_bar
+        float_keeper = _FloatModelKeeper()
+        manager.instruments += [*_instruments(request, backend, dump, print_stream), float_keeper]
+        start = time.perf_counter()
+        graph, import_stats = import_model(request.model, model)
+        import_record = StageRecord(0, "import", status="ran", changed=True, stats=import_stats.counts,
+                                    seconds=time.perf_counter() - start)
+        graph = manager.run(graph, ctx, import_record)
+        records = [import_record, *manager.records]
+        result = CompileResult(backend, graph, float_keeper.graph, records, ctx, [])
+        outputs = _checked(_outputs(result, bound.emitters), verified=[graph, float_keeper.graph])
+        if out is None:
+            result.files = dict(outputs)
+        else:
+            result.outputs = _write_outputs(out, request.out, outputs)
+    return result
+
+
+def _refuse_bad_request(request: CompileRequest, backend: BackendConfig) -> None:
+    """A UsageError for what is wrong in the request itself: its flags, model path, data path, folders."""
     pipeline_names = [entry.name for entry in backend.pipeline]
     for flag, names in (("--print-after", request.print_after), ("--explain", request.explain)):
         for name in names:
             require_in_pipeline(flag, name, pipeline_names)
-    float_keeper = _FloatModelKeeper()
-    manager = PassManager(bound.passes, [*_instruments(request, backend, print_stream), float_keeper],
-                          stop_after=request.stop_after, disabled=request.disable)
     require_model_file(request.model)
     if request.calib is None and _runs(backend, "calibrate", request):
         raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
                          "(or --stop-after a pass before calibrate)")
-    if request.out is not None:
-        check_output_dir(request.out, protected=[request.model])
-    if request.dump_dir is not None:
-        check_output_dir(request.dump_dir, protected=[request.model])
-
-    start = time.perf_counter()
-    graph, import_stats = import_model(request.model)
-    import_record = StageRecord(0, "import", status="ran", changed=True, stats=import_stats.counts,
-                                seconds=time.perf_counter() - start)
-    ctx = PassContext(backend=backend, calibration_data=_calibration_data(request, backend, graph))
-    if request.progress:
-        ctx.progress = _progress_bar
-    graph = manager.run(graph, ctx, import_record)
-    records = [import_record, *manager.records]
-    outputs = _checked(_outputs(graph, float_keeper.graph, ctx, records, bound.emitters),
-                       verified=[graph, float_keeper.graph])
-    if request.out is None:
-        return CompileResult(backend, graph, float_keeper.graph, records, ctx, [], dict(outputs))
-    written = _write_outputs(request.out, outputs)
-    return CompileResult(backend, graph, float_keeper.graph, records, ctx, written)
+    protected = [request.model, *([Path(request.calib)] if request.calib and Path(request.calib).exists() else [])]
+    folders = [Path(folder) for folder in (request.out, request.dump_dir) if folder is not None]
+    for folder in folders:
+        check_output_dir(folder, protected)
+    if len(folders) == 2 and folders[0].resolve() == folders[1].resolve():
+        raise UsageError(f"--dump-dir {request.dump_dir} is --out: both write pipeline.txt; give the dump its own "
+                         f"folder, e.g. --dump-dir {folders[0] / 'dump'}")
 
 
 def _runs(backend: BackendConfig, pass_name: str, request: CompileRequest) -> bool:
@@ -163,11 +197,18 @@ class _FloatModelKeeper:
         pass
 
 
-def _calibration_data(request: CompileRequest, backend: BackendConfig, graph: gs.Graph) -> CalibrationData | None:
+def _calibration_data(request: CompileRequest, backend: BackendConfig,
+                      inputs: list[InputSpec]) -> CalibrationData | None:
+    """The calibration data, its first sample read: what is wrong with it fails before the model is imported."""
     if request.calib is None:
         return None
-    limit = request.calib_size or backend.calibration.size
-    return open_data(request.calib, [InputSpec.of(t) for t in graph.inputs], request.preprocess, limit)
+    if request.calib_size is not None and request.calib_size < 1:
+        raise UsageError(f"--calib-size {request.calib_size}: give a positive number of samples "
+                         "(or leave it out for all)")
+    data = open_data(request.calib, inputs, request.preprocess, request.calib_size or backend.calibration.size)
+    if not data.head(1):
+        raise UsageError(f"--calib {request.calib} holds no samples; give at least one")
+    return data
 
 
 def _progress_bar(items, total, description):
@@ -176,31 +217,34 @@ def _progress_bar(items, total, description):
     return tqdm(items, total=total, desc=description, unit="batch", leave=False, file=sys.stderr)
 
 
-def _instruments(request: CompileRequest, backend: BackendConfig, print_stream: TextIO) -> list:
+def _instruments(request: CompileRequest, backend: BackendConfig, dump: Path | None, print_stream: TextIO) -> list:
     instruments = []
-    if request.dump_dir is not None:
-        instruments.append(DumpInstrument(request.dump_dir, backend.name))
+    if dump is not None:
+        instruments.append(DumpInstrument(dump, backend.name))
     if request.print_after or request.print_after_all or request.print_changed:
         instruments.append(PrintInstrument(print_stream, set(request.print_after),
                                            request.print_after_all, request.print_changed))
     return instruments
 
 
-def _outputs(graph: gs.Graph, float_graph: gs.Graph, ctx: PassContext, records: list[StageRecord],
-             emitters: list[BoundEmitter]) -> Iterator[tuple[str, Payload]]:
-    """Every output of a compile by file name, the models first; each made when it is asked for."""
-    backend = ctx.backend.name
+def _outputs(result: CompileResult, emitters: list[BoundEmitter]) -> Iterator[tuple[str, Payload]]:
+    """Every output of a compile by file name, the models first; each made when it is asked for.
+
+    report.json's content is kept in ``result.report`` too, for the summary.
+    """
+    ctx, graph, float_graph, backend = result.ctx, result.graph, result.float_graph, result.backend.name
     yield "model.onnx", float_graph
     if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
         yield "model.qdq.onnx", graph
         yield "qparams.json", qparams_json(ctx.plan, backend)
         if ctx.calibration_data is not None:
             feed = ctx.calibration_data.head(REPORT_SAMPLES)
-            samples = next((r.stats.get("samples", 0) for r in records if r.name == "calibrate"), 0)
-            yield "report.json", report_json(backend, ctx.plan, float_graph, graph, layer_outputs(graph, ctx.plan),
-                                             feed, samples)
+            samples = next((r.stats.get("samples", 0) for r in result.records if r.name == "calibrate"), 0)
+            result.report = make_report(backend, ctx.plan, float_graph, graph, layer_outputs(graph, ctx.plan), feed,
+                                        samples, ctx.warnings)
+            yield "report.json", to_json(result.report)
         yield from emit_all(Compiled(ctx.backend, ctx.plan, graph, float_graph), emitters).items()
-    yield "pipeline.txt", pipeline_text(backend, records)
+    yield "pipeline.txt", pipeline_text(backend, result.records)
 
 
 def _checked(outputs: Iterable[tuple[str, Payload]], verified: Sequence[gs.Graph]) -> Iterator[tuple[str, Payload]]:
@@ -223,15 +267,15 @@ def _checked(outputs: Iterable[tuple[str, Payload]], verified: Sequence[gs.Graph
         yield name, payload
 
 
-def _write_outputs(out_dir: Path, outputs: Iterable[tuple[str, Payload]]) -> list[Path]:
-    """Every output into a staging folder as it is made, then all moved in at once.
+def _write_outputs(stage: Path, out_dir: Path, outputs: Iterable[tuple[str, Payload]]) -> list[Path]:
+    """Every output into the staging folder as it is made (moved into ``out_dir`` by the caller at the end).
 
     A model is written in a worker thread while the next outputs are made:
     writing VGG-19's two 550 MB models (4 s) overlaps report.json's
     onnxruntime runs, which read the same graphs and change none.
     """
     written: list[list[Path] | Future] = []  # in the order the outputs are made
-    with staged_output_dir(out_dir) as stage, ThreadPoolExecutor(1, thread_name_prefix="model-writer") as writer:
+    with ThreadPoolExecutor(1, thread_name_prefix="model-writer") as writer:
         for name, payload in outputs:
             if isinstance(payload, gs.Graph):
                 written.append(writer.submit(save_model, payload, stage / name))

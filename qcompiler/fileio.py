@@ -71,23 +71,75 @@ def check_output_dir(out_dir: Path, protected: list[Path]) -> None:
 def staged_output_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a staging folder; on success move its files into ``out_dir``.
 
-    The staging folder sits beside ``out_dir`` (same file system, so renames are
-    atomic). A new ``out_dir`` appears in one rename; into an existing one each
-    file is moved with its own atomic rename, leaving unrelated files alone.
-    On failure the staging folder is removed and ``out_dir`` is untouched.
+    The staging folder sits in the nearest folder that exists on the way to
+    ``out_dir`` (the same file system, so renames are atomic), and is made
+    at once: an output folder that cannot be written is a usage error before
+    any work. A new ``out_dir`` appears in one rename (missing folders above
+    it are made just before); into an existing one each file is moved with
+    its own atomic rename, leaving unrelated files alone. On failure, an interrupt
+    included, the staging folder is removed and ``out_dir`` is untouched. A
+    staging folder left by a run that was killed (its owner process gone)
+    is removed by the next run into the same place.
     """
     out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = _create_unique(out_dir.parent, f".{out_dir.name}.", ".partial", _make_new_dir)
+    home = _nearest_existing(out_dir)
+    _remove_stale_stages(home, out_dir.name)
+    try:
+        stage = _create_unique(home, f".{out_dir.name}.", STAGE_SUFFIX, _make_new_dir)
+        (stage / OWNER_FILE).write_text(str(os.getpid()))
+    except OSError as exc:
+        raise UsageError(f"cannot write into {home} ({exc.strerror or exc}); choose an output folder you can "
+                         "write to") from None
     try:
         yield stage
-        if not out_dir.exists():
-            os.replace(stage, out_dir)
-            return
-        for item in sorted(stage.iterdir()):
-            target = out_dir / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(item, target)
+        (stage / OWNER_FILE).unlink()
+        _move_in(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+STAGE_SUFFIX = ".partial"
+OWNER_FILE = ".qcompile-owner"
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The nearest folder on the way to ``path`` that exists (its parent if it exists itself)."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is a file, so {path} cannot be a folder; give another output folder")
+    return folder
+
+
+def _move_in(stage: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage, out_dir)
+        return
+    for item in sorted(stage.iterdir()):
+        target = out_dir / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+
+
+def _remove_stale_stages(folder: Path, name: str) -> None:
+    """Remove the staging folders for ``name`` whose owner process no longer runs (a run that was killed)."""
+    for stage in folder.glob(f".{name}.*{STAGE_SUFFIX}"):
+        try:
+            owner = int((stage / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made
+        if not _running(owner):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -99,7 +99,7 @@ def _load_resolved(name_or_path: str, chain: tuple[str, ...], partial: bool = Fa
     key = str(path)
     if key in chain:
         raise UsageError(f"backend {backend_label(name_or_path)}: extends itself through {' -> '.join(chain)}")
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path, f"backend file {path.name}")
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -135,14 +135,30 @@ def _is_path(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """The mapping a YAML file holds (empty for an empty file), or a one-line UsageError about ``what``."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"backend file {path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"{what} is not valid YAML ({_yaml_problem(exc)}); fix it there") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise UsageError(f"backend file {path.name} must be a mapping of keys to values")
+        raise UsageError(f"{what} must be a mapping of keys to values (key: value lines)")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, as 'line 3, column 7: expected ',' or ']', but got '<stream end>''."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def _apply_override(data: dict, assignment: str) -> None:
@@ -150,7 +166,11 @@ def _apply_override(data: dict, assignment: str) -> None:
     key_path, sep, raw_value = assignment.partition("=")
     if not sep or not key_path:
         raise UsageError(f"--set {assignment!r}: expected KEY.PATH=VALUE, e.g. --set quantizers.weight.bits=4")
-    value = yaml.safe_load(raw_value) if raw_value else ""
+    try:
+        value = yaml.safe_load(raw_value) if raw_value else ""
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--set {assignment!r}: the value is not YAML ({str(exc).splitlines()[0]}); quote it, "
+                         "e.g. --set 'description=\"a: b\"'") from None
     keys = [k for k in re.split(r"\.|\[(\d+)\]", key_path) if k]
     node: Any = data
     for depth, key in enumerate(keys):

@@ -15,9 +15,12 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from qcompiler.errors import QCompileError
+from qcompiler.errors import UsageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# PIL modes of 8 bits a channel, which convert to RGB or L without losing anything; 16-bit and float
+# pixels (modes I, I;16, F) would be clipped to 255 by that conversion
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,24 @@ class Preprocess:
     scale: float = 1.0                         # multiply pixel values (0..255) first
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    channels: Literal["RGB", "BGR"] = "RGB"
+    channels: Literal["RGB", "BGR", "L"] = "RGB"   # L: grayscale, for a one-channel input
     layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, 3):
+                raise UsageError(f"{name} has {len(getattr(self, name))} values; give 3 (R,G,B) or 1 for all channels")
+        if self.channels == "L" and (len(set(self.mean)) > 1 or len(set(self.std)) > 1):
+            raise UsageError(f"mean {list(self.mean)}, std {list(self.std)}: grayscale images have one channel; "
+                             "give one value each")
+        if not all(value > 0 for value in self.std):
+            raise UsageError(f"std {list(self.std)}: every value divides the pixels, so each must be positive")
+        if not self.scale > 0:
+            raise UsageError(f"scale {self.scale}: give a positive factor, e.g. 0.00392156862745098 (1/255)")
+        sizes = [("resize", self.resize), ("crop", self.crop), ("resize_shorter", (self.resize_shorter,))]
+        for name, size in sizes:
+            if size is not None and None not in size and not all(side > 0 for side in size):
+                raise UsageError(f"{name} {size}: sizes are positive numbers of pixels")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -41,16 +60,21 @@ def load_image(path: Path, spec: Preprocess) -> np.ndarray:
     """One preprocessed image as float32, without the batch axis."""
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            if image.mode not in EIGHT_BIT_MODES:
+                raise UsageError(f"{Path(path).name} has pixels of mode {image.mode} (16-bit or float); qcompile "
+                                 "reads 8-bit images: convert it, or give the inputs as .npy")
+            image = image.convert("L" if spec.channels == "L" else "RGB")
             image = _resize(image, spec)
-            pixels = np.asarray(image, dtype=np.float32)
+            pixels = np.asarray(image, dtype=np.float32).reshape(image.height, image.width, -1)
     except OSError as exc:
-        raise QCompileError(f"{Path(path).name} is not a readable image ({exc})") from exc
+        raise UsageError(f"{Path(path).name} is not a readable image ({exc}); remove it from the folder") from exc
     if spec.crop is not None:
-        pixels = _center_crop(pixels, spec.crop)
+        pixels = _center_crop(pixels, spec.crop, Path(path).name)
     if spec.channels == "BGR":
         pixels = pixels[..., ::-1]
-    pixels = (pixels * spec.scale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    depth = pixels.shape[-1]
+    mean, std = (np.asarray(values[:depth], np.float32) for values in (spec.mean, spec.std))
+    pixels = (pixels * spec.scale - mean) / std
     if spec.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels, dtype=np.float32)
@@ -71,10 +95,11 @@ def _resize(image: Image.Image, spec: Preprocess) -> Image.Image:
     return image
 
 
-def _center_crop(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _center_crop(pixels: np.ndarray, size: tuple[int, int], name: str) -> np.ndarray:
     height, width = size
     if pixels.shape[0] < height or pixels.shape[1] < width:
-        raise QCompileError(f"image of {pixels.shape[1]}x{pixels.shape[0]} is smaller than the {width}x{height} crop")
+        raise UsageError(f"{name}: {pixels.shape[1]}x{pixels.shape[0]} is smaller than the {width}x{height} crop; "
+                         "resize first (--resize-shorter or --resize)")
     top = (pixels.shape[0] - height) // 2
     left = (pixels.shape[1] - width) // 2
     return pixels[top: top + height, left: left + width]

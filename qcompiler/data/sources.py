@@ -14,32 +14,26 @@ and finiteness. A problem is a one-line error naming the sample.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from qcompiler.data.images import Preprocess, list_images, load_batch
-from qcompiler.errors import QCompileError, UsageError
+from qcompiler.errors import QCompileError, UsageError, first_line
 
-log = logging.getLogger(__name__)
 Feed = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    shape: tuple  # ints for static dims, str/None for dynamic ones
+    shape: tuple | None  # ints for static dims, str/None for dynamic ones; None when the rank is unknown
     dtype: np.dtype
-
-    @classmethod
-    def of(cls, tensor: gs.Tensor) -> "InputSpec":
-        return cls(tensor.name, tuple(tensor.shape or ()), np.dtype(tensor.dtype or np.float32))
 
     @classmethod
     def of_model(cls, model: onnx.ModelProto) -> list["InputSpec"]:
@@ -51,7 +45,7 @@ class InputSpec:
                 continue
             tensor_type = value.type.tensor_type
             shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                          for d in tensor_type.shape.dim)
+                          for d in tensor_type.shape.dim) if tensor_type.HasField("shape") else None
             specs.append(cls(value.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))))
         return specs
 
@@ -68,6 +62,8 @@ class CalibrationData:
     decodes: bool = False
     # the batch size the model's inputs fix (a static first dimension), if they do
     fixed_batch: int | None = None
+    # what makes the data doubtful, for the caller to report (a compile: as its warnings, --strict: errors)
+    warnings: list[str] = field(default_factory=list)
 
     def batches(self, batch_size: int) -> Iterator[Feed]:
         return self._batches(batch_size)
@@ -87,6 +83,10 @@ class CalibrationData:
 def open_data(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None = None,
               limit: int | None = None) -> CalibrationData:
     """Open ``source`` (folder, .npy, .npz or module:function) for a model with ``inputs``."""
+    for spec in inputs:
+        if spec.shape is not None and 0 in spec.shape:
+            raise UsageError(f"input {spec.name} has shape {list(spec.shape)}: a dimension of 0 holds no data; "
+                             "export the model with that dimension dynamic or of its real size")
     data = _open(source, inputs, preprocess, limit)
     data.fixed_batch = fixed_batch(inputs)
     return data
@@ -99,7 +99,8 @@ def fixed_batch(inputs: Sequence[InputSpec]) -> int | None:
     return first if isinstance(first, int) and first > 0 else None
 
 
-def _open(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None, limit: int | None) -> CalibrationData:
+def _open(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None,
+          limit: int | None) -> CalibrationData:
     path = Path(source)
     if path.is_dir():
         return _image_folder(path, _single_input(inputs, source), preprocess, limit)
@@ -119,32 +120,69 @@ def _single_input(inputs: Sequence[InputSpec], source: str) -> InputSpec:
     return inputs[0]
 
 
+NO_PREPROCESSING = ("no image preprocessing given: images are only resized to the input size, RGB 0..255, "
+                    "not normalized; give --preprocess FILE.yaml or --mean/--std if the model expects more")
+
+
 def default_preprocess(spec: InputSpec) -> Preprocess:
     """A plain resize to the model's input size: correct only for models that take raw 0..255 RGB."""
-    log.warning("no image preprocessing given: images are only resized to the input size, RGB 0..255, "
-                "not normalized; give --preprocess FILE.yaml or --mean/--std if the model expects more")
+    shape = spec.shape or ()
+    layout = "NHWC" if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+    size = image_size(spec, layout)
+    if size is None:
+        shown = f"shape {list(spec.shape)}" if spec.shape is not None else "no shape"
+        raise UsageError(f"input {spec.name} has {shown}; say how to size images with --resize HxW "
+                         "(and --crop, --mean, --std) or --preprocess FILE.yaml")
+    return Preprocess(resize=size, layout=layout, channels=_colour(Preprocess.channels, spec, layout))
+
+
+def image_size(spec: InputSpec, layout: str) -> tuple[int, int] | None:
+    """The (height, width) an image input of ``layout`` fixes, or None where it does not (dynamic, not 4-D)."""
     shape = spec.shape
-    if len(shape) == 4 and shape[1] == 3 and all(isinstance(d, int) for d in shape[2:]):
-        return Preprocess(resize=(shape[2], shape[3]))
-    if len(shape) == 4 and shape[3] == 3 and all(isinstance(d, int) for d in shape[1:3]):
-        return Preprocess(resize=(shape[1], shape[2]), layout="NHWC")
-    raise UsageError(f"input {spec.name} has shape {list(shape)}; say how to size images with --resize HxW "
-                     "(and --crop, --mean, --std) or --preprocess FILE.yaml")
+    if shape is None or len(shape) != 4:
+        return None
+    size = shape[2:] if layout == "NCHW" else shape[1:3]
+    return (size[0], size[1]) if all(isinstance(d, int) and d > 0 for d in size) else None
+
+
+def sized(preprocess: Preprocess, spec: InputSpec) -> Preprocess:
+    """``preprocess``, resizing to the model's input size when it says nothing of the size itself, in grayscale
+    for a one-channel input.
+
+    ``--mean``/``--std`` alone keep the resize to the input that no
+    preprocessing at all gets; a resize or crop of your own is kept as given.
+    """
+    preprocess = dataclasses.replace(preprocess, channels=_colour(preprocess.channels, spec, preprocess.layout))
+    if preprocess.resize or preprocess.resize_shorter or preprocess.crop:
+        return preprocess
+    size = image_size(spec, preprocess.layout)
+    return dataclasses.replace(preprocess, resize=size) if size is not None else preprocess
+
+
+def _colour(channels: str, spec: InputSpec, layout: str) -> str:
+    """RGB (the default) becomes L for an input of one channel; BGR, asked for, is kept for the check to refuse."""
+    axis = 1 if layout == "NCHW" else 3
+    one_channel = spec.shape is not None and len(spec.shape) == 4 and spec.shape[axis] == 1
+    return "L" if one_channel and channels == "RGB" else channels
 
 
 def _image_folder(folder: Path, spec: InputSpec, preprocess: Preprocess | None, limit: int | None) -> CalibrationData:
     paths = list_images(folder)[:limit]
     if not paths:
         raise UsageError(f"{folder} holds no images (.jpg, .png, ...); give a folder of photos, an .npy or an .npz")
-    preprocess = preprocess or default_preprocess(spec)
+    warnings = [] if preprocess is not None else [NO_PREPROCESSING]
+    preprocess = sized(preprocess, spec) if preprocess is not None else default_preprocess(spec)
+    wanted = image_size(spec, preprocess.layout)
+    fix = f"; size them with --resize {wanted[0]}x{wanted[1]} or --crop {wanted[0]}x{wanted[1]}" if wanted else ""
 
     def batches(batch_size: int) -> Iterator[Feed]:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start: start + batch_size]
             batch = load_batch(chunk, preprocess)
-            yield {spec.name: _checked(batch, spec, f"{chunk[0].name}")}
+            yield {spec.name: _checked(batch, spec, f"{chunk[0].name}", fix)}
 
-    return CalibrationData(f"{len(paths)} images from {folder}", len(paths), batches, decodes=True)
+    return CalibrationData(f"{len(paths)} images from {folder}", len(paths), batches, decodes=True,
+                           warnings=warnings)
 
 
 def _npy(path: Path, spec: InputSpec, limit: int | None) -> CalibrationData:
@@ -223,12 +261,11 @@ def _callable(source: str, inputs: Sequence[InputSpec], limit: int | None) -> Ca
 
     def batches(batch_size: int) -> Iterator[Feed]:
         seen = 0
-        feeds: Iterable[Feed] = function()
-        for index, feed in enumerate(feeds):
+        for index, feed in enumerate(_calls(function, source)):
             if limit is not None and seen >= limit:
                 return
             if not isinstance(feed, dict) or sorted(feed) != sorted(i.name for i in inputs):
-                raise QCompileError(f"{source}: item {index} is not a dict of the model's inputs "
+                raise UsageError(f"{source}: item {index} is not a dict of the model's inputs "
                                     f"({', '.join(i.name for i in inputs)})")
             feed = {s.name: _checked(np.asarray(feed[s.name]), s, f"{source} item {index}") for s in inputs}
             if limit is not None:
@@ -239,16 +276,32 @@ def _callable(source: str, inputs: Sequence[InputSpec], limit: int | None) -> Ca
     return CalibrationData(f"feeds from {source}", limit, batches, decodes=True)
 
 
-def _checked(batch: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+def _calls(function: Callable[[], Iterable[Feed]], source: str) -> Iterator[Feed]:
+    """What ``function()`` yields; an exception it raises is the user's data error, said in one line."""
+    try:
+        yield from function()
+    except QCompileError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"--calib {source} raised {type(exc).__name__}: {first_line(exc)}") from exc
+
+
+def _checked(batch: np.ndarray, spec: InputSpec, where: str, fix: str = "") -> np.ndarray:
+    """``batch`` once it fits input ``spec``: rank, static dims, dtype, finite values; else a UsageError (exit 2)."""
+    if spec.shape is not None:
+        _check_shape(batch, spec, where, fix)
+    if batch.dtype != spec.dtype:
+        raise UsageError(f"{where}: dtype {batch.dtype}, but input {spec.name} takes {spec.dtype}; convert it")
+    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+        raise UsageError(f"{where}: holds NaN or Inf values; drop those samples or fix how they were made")
+    return batch
+
+
+def _check_shape(batch: np.ndarray, spec: InputSpec, where: str, fix: str) -> None:
     if batch.ndim != len(spec.shape):
-        raise QCompileError(f"{where}: a batch of shape {list(batch.shape)} for input {spec.name} of shape "
-                            f"{list(spec.shape)}; give N x {list(spec.shape[1:])}")
+        raise UsageError(f"{where}: a batch of shape {list(batch.shape)} for input {spec.name} of shape "
+                         f"{list(spec.shape)}; give N x {list(spec.shape[1:])}")
     for axis, (have, want) in enumerate(zip(batch.shape, spec.shape)):
         if axis > 0 and isinstance(want, int) and have != want:
-            raise QCompileError(f"{where}: shape {list(batch.shape)} does not fit input {spec.name} "
-                                f"of shape {list(spec.shape)} (axis {axis})")
-    if batch.dtype != spec.dtype:
-        raise QCompileError(f"{where}: dtype {batch.dtype}, but input {spec.name} takes {spec.dtype}; convert it")
-    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
-        raise QCompileError(f"{where}: holds NaN or Inf values")
-    return batch
+            raise UsageError(f"{where}: shape {list(batch.shape)} does not fit input {spec.name} "
+                             f"of shape {list(spec.shape)} (axis {axis}){fix}")

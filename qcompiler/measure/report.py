@@ -67,7 +67,7 @@ def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
 
 def qparams_json(plan: QuantPlan, backend: str) -> str:
     entries = [_qparams_entry(plan.points[name]) for name in sorted(plan.points)]
-    return _dumps({"format": FORMAT, "backend": backend, "quantizers": entries})
+    return to_json({"format": FORMAT, "backend": backend, "quantizers": entries})
 
 
 def _qparams_entry(p: QuantPoint) -> dict[str, Any]:
@@ -87,8 +87,10 @@ def layer_outputs(graph: gs.Graph, plan: QuantPlan) -> list[tuple[str, str, str]
     return [(n.name, n.op, n.outputs[0].name) for n in graph.nodes if n.name in weighted]
 
 
-def report_json(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_graph: gs.Graph,
-                layers: Sequence[tuple[str, str, str]], feed: dict[str, np.ndarray], samples: int) -> str:
+def make_report(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_graph: gs.Graph,
+                layers: Sequence[tuple[str, str, str]], feed: dict[str, np.ndarray], samples: int,
+                warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """report.json's content: the SQNR of every output and weighted layer on ``feed``, ranges, warnings."""
     outputs = [o.name for o in float_graph.outputs]
     fetch = outputs + [out for _, _, out in layers if out not in outputs]
     energies = _energies(float_graph, integer_weights(quant_graph, plan), fetch, feed)
@@ -102,8 +104,9 @@ def report_json(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_grap
                    for node, op, out in layers],
         "quant_points": [{"tensor": p.tensor, "kind": p.kind, "range": [_plain(np.min(p.lo)), _plain(np.max(p.hi))],
                           "reason": p.reason} for p in (plan.points[k] for k in sorted(plan.points))],
+        "warnings": list(warnings),
     }
-    return _dumps(report)
+    return report
 
 
 def _energies(float_graph: gs.Graph, quant_graph: gs.Graph, names: list[str],
@@ -169,5 +172,6 @@ def _plain(values: Any) -> Any:
     return converted[0] if array.ndim == 0 else converted
 
 
-def _dumps(data: Any) -> str:
+def to_json(data: Any) -> str:
+    """The JSON text of qparams.json and report.json (indented, no NaN)."""
     return json.dumps(data, indent=1, allow_nan=False) + "\n"

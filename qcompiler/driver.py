@@ -212,9 +212,10 @@ def _calibration_data(request: CompileRequest, backend: BackendConfig,
 
 
 def _progress_bar(items, total, description):
+    """A bar on a terminal; none when stderr is a log or a pipe (tqdm's disable=None)."""
     from tqdm import tqdm
 
-    return tqdm(items, total=total, desc=description, unit="batch", leave=False, file=sys.stderr)
+    return tqdm(items, total=total, desc=description, unit="batch", leave=False, file=sys.stderr, disable=None)
 
 
 def _instruments(request: CompileRequest, backend: BackendConfig, dump: Path | None, print_stream: TextIO) -> list:

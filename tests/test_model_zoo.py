@@ -26,6 +26,7 @@ from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.measure.report import sqnr_db
 
 LIGHT_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mobilenetv2"
 # onnx ships nine; the list is written out so that a zoo gone missing fails instead of running no case
 LIGHT_MODELS = ["light_bvlc_alexnet.onnx", "light_densenet121.onnx", "light_inception_v1.onnx",
                 "light_inception_v2.onnx", "light_resnet50.onnx", "light_shufflenet.onnx", "light_squeezenet.onnx",
@@ -97,3 +98,25 @@ def test_pretrained_model_on_real_photos(model_name, preprocess, input_name, sha
     assert_matches(path, out / "model.onnx", feeds)
     (expected,), (quantized,) = runtime.run(path, feeds), runtime.run(out / "model.qdq.onnx", feeds)
     assert sqnr_db(expected, quantized) > 12.0  # measured 14.6 dB (MobileNetV2), see benchmarks/
+
+
+def test_a_model_exported_with_a_fixed_batch_of_1_compiles_for_every_backend(capsys, tmp_path):
+    """MobileNetV2 as torch.onnx exports it without dynamic_axes: [1, 3, 224, 224]. Nine photos would make an
+    automatic batch of 2; calibration, report.json and eval all run at the batch of 1 the model fixes."""
+    model = onnx.load(str(EXAMPLE / "mobilenetv2_bn.onnx"))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path / "mobilenetv2_b1.onnx"
+    onnx.save(model, str(path))
+    photos, preprocess = EXAMPLE / "photos", EXAMPLE / "preprocess.yaml"
+    for backend in shipped_backends():
+        out = tmp_path / backend
+        code = main([str(path), "-b", backend, "-o", str(out), "--calib", str(photos), "--preprocess", str(preprocess)])
+        printed, err = capsys.readouterr()
+        assert code == 0 and err == "", err
+        assert printed.splitlines()[-1].startswith(f"{backend}: 53 of 53 weighted ops quantized; end-to-end SQNR ")
+        assert json.loads((out / "report.json").read_text())["calibration_samples"] == 9
+    assert main(["eval", str(path), str(tmp_path / "tensorrt" / "model.qdq.onnx"), "--data", str(photos),
+                 "--preprocess", str(preprocess)]) == 0
+    printed, err = capsys.readouterr()
+    assert err == "" and "(9 samples)" in printed

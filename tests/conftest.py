@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -102,6 +103,22 @@ class SharedData:
 @pytest.fixture(scope="session")
 def shared() -> SharedData:
     return SharedData()
+
+
+@pytest.fixture
+def model_path(model_file) -> Path:
+    """A small residual block (input x: [N, 16, 16, 16]) saved as model.onnx."""
+    from qcompiler.testing.models import TEST_MODELS
+
+    return model_file(TEST_MODELS["resnet_basic_block"]())
+
+
+@pytest.fixture
+def calib(tmp_path: Path) -> Path:
+    """Twelve seeded standard-normal samples for model_path, as calib.npy."""
+    path = tmp_path / "calib.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((12, 16, 16, 16)).astype(np.float32))
+    return path
 
 
 @pytest.fixture

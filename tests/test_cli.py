@@ -1,7 +1,6 @@
 """The qcompile command: outputs, instruments, exit codes, one-line errors, nothing lost."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -15,30 +14,7 @@ import pytest
 import yaml
 from qcompiler.passes.fold_bn import FoldBN
 
-from qcompiler.cli import main
-from qcompiler.testing.models import TEST_MODELS
-
-
-@pytest.fixture
-def model_path(model_file):
-    return model_file(TEST_MODELS["resnet_basic_block"]())
-
-
-@pytest.fixture
-def calib(tmp_path):
-    path = tmp_path / "calib.npy"
-    np.save(path, np.random.default_rng(0).standard_normal((12, 16, 16, 16)).astype(np.float32))
-    return path
-
-
-def qcompile(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from qcompiler.testing.cli import digest, qcompile
 
 
 def test_compile_writes_model_and_pipeline(capsys, model_path, calib, tmp_path):

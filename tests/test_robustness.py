@@ -1,12 +1,12 @@
 """Bad input is refused before work starts, in one line, and nothing is left behind.
 
 RUN: qcompile <model> -b <backend> -o OUT --calib <data> [flags], with one thing wrong each time;
-every case asserts the exit code (2: the invocation, 1: the model or the compile), the message, and
-that OUT, the dump folder and every staging folder are absent and the input is unchanged.
+every case asserts the exit code (2: the invocation or an input, 1: a valid model that fails to
+compile), the message, and that OUT, the dump folder and every staging folder are absent and the
+input is unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -21,40 +21,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from PIL import Image
+from qcompiler.passes.fold_bn import FoldBN
 
 from qcompiler.cli import main
 from qcompiler.data.images import Preprocess
 from qcompiler.data.sources import InputSpec, open_data
 from qcompiler.errors import first_line
-from qcompiler.passes.fold_bn import FoldBN
+from qcompiler.testing.cli import digest, qcompile
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
-
-
-def qcompile(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def nothing_left(folder: Path) -> bool:
     """Nothing of a compile in ``folder``: no out/, no dump/, no staging folder."""
     return not [p.name for p in folder.iterdir() if p.name.startswith((".o.", "o", ".dump.", "dump"))]
-
-
-@pytest.fixture
-def model_path(model_file):
-    return model_file(TEST_MODELS["resnet_basic_block"]())
-
-
-@pytest.fixture
-def calib(tmp_path):
-    path = tmp_path / "calib.npy"
-    np.save(path, np.random.default_rng(0).standard_normal((12, 16, 16, 16)).astype(np.float32))
-    return path
 
 
 @pytest.fixture

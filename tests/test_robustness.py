@@ -21,12 +21,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from PIL import Image
-from qcompiler.passes.fold_bn import FoldBN
 
 from qcompiler.cli import main
 from qcompiler.data.images import Preprocess
 from qcompiler.data.sources import InputSpec, open_data
 from qcompiler.errors import first_line
+from qcompiler.passes.fold_bn import FoldBN
 from qcompiler.testing.cli import digest, qcompile
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 

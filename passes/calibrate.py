@@ -6,7 +6,9 @@ Activations: the float graph (every quantizer bypassed) runs once over the
 calibration data in onnxruntime, batch by batch, feeding each tensor's
 estimator: the one its quant point names (the backend's default, or a
 ``layers:`` override), see calibration/observer.py. Weights: their
-estimator over each initializer, per channel where the spec says so.
+estimator over each initializer, per channel (or group) where the spec
+says so. When a later pass asks (``Pass.calibration_needs``), the same pass
+over the data also takes per-channel means of the tensors it names.
 Ranges are widened to contain 0; degenerate ranges get a finite, non-zero
 scale. Degenerate data warns (``--strict``: fails): a calibration input that
 holds one value throughout, an activation whose range is zero, fewer
@@ -18,11 +20,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.calibration.batching import batch_size
-from qcompiler.calibration.estimators import estimate_weight
-from qcompiler.calibration.observer import Observation, activation_ranges
+from qcompiler.calibration.observer import Observation, observe_calibration_data
+from qcompiler.calibration.weights import estimate_weight
 from qcompiler.errors import UsageError
 from qcompiler.graph import ir
-from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
+from qcompiler.graph.ops import input_channel_axis
+from qcompiler.pipeline.pass_base import INPUT_MEANS, Pass, PassContext, PassResult
 from qcompiler.pipeline.properties import CALIBRATED, QUANTIZERS_PLACED
 from qcompiler.quant.plan import QuantPoint, write_qparams
 
@@ -39,19 +42,35 @@ class Calibrate(Pass):
         samples = 0
         activations = ctx.plan.activations()
         if activations:
-            seen = activation_ranges(graph, ctx.plan, activations, data,
-                                     batch_size(ctx.backend.calibration.batch_size, data), ctx.progress)
+            seen = observe_calibration_data(graph, ctx.plan, activations, data,
+                                            batch_size(ctx.backend.calibration.batch_size, data), ctx.progress,
+                                            channel_means=_means_wanted(graph, ctx))
             samples = seen.samples
+            ctx.input_means = seen.channel_means
             for point in activations:
                 point.set_range(*seen.ranges[point.tensor])
             _warn_of_degenerate_data(seen, activations, ctx)
         tensors = graph.tensors()
         for point in ctx.plan.weights():
-            point.set_range(*estimate_weight(point.estimator, ir.constant_value(tensors[point.tensor]), point.axis))
+            values = ir.constant_value(tensors[point.tensor])
+            point.set_range(*estimate_weight(point.estimator, point.spec, values, point.axis))
         for point in ctx.plan.points.values():
             write_qparams(tensors, point)
         return PassResult(changed=True, stats={"samples": samples, "activation_points": len(activations),
                                                "weight_points": len(ctx.plan.weights())})
+
+
+def _means_wanted(graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
+    """For INPUT_MEANS: the float input of every weighted op whose weight is quantized, and its channel axis."""
+    if INPUT_MEANS not in ctx.requests:
+        return {}
+    by_name = {node.name: node for node in graph.nodes}
+    wanted = {}
+    for point in ctx.plan.weights():
+        for name in point.consumers:
+            node = by_name[name]
+            wanted[ctx.plan.float_input(node.inputs[0])] = input_channel_axis(node)
+    return wanted
 
 
 def _warn_of_degenerate_data(seen: Observation, activations: list[QuantPoint], ctx: PassContext) -> None:

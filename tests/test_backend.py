@@ -45,8 +45,9 @@ def test_table1_settings():
     assert acl.quantizers["activation"].symmetric is False
     assert acl.ops["Gemm"].weights == "weight_per_tensor"
     assert academic.quantizers["activation"].signedness == "adaptive"
-    assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales"]
-    assert [e.name for e in trt.pipeline] == ["fold_bn", "insert_quantizers", "calibrate", "share_scales"]
+    assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales", "bias_correct"]
+    assert [e.name for e in trt.pipeline] == ["fold_bn", "insert_quantizers", "calibrate", "share_scales",
+                                              "bias_correct"]
     assert [layer.match.position for layer in academic.layers] == ["first_weighted", "last_weighted"]
 
 
@@ -60,14 +61,26 @@ def test_table1_settings():
     ({"ops": {"Gemm": {"role": "weighted", "weights": "w4"}}}, "ops.Gemm.weights: unknown quantizer spec 'w4'"),
     ({"layers": [{"match": {"name": "("}}]}, "layers[0].match.name: not a regular expression"),
     ({"calibration": {"activations": {"estimator": "entropyy"}}}, "calibration.activations.estimator: 'entropyy'"),
-    ({"calibration": {"activations": {"estimator": "kl"}}},
-     "calibration.activations.estimator: 'kl' is not one of 'minmax', 'mean_max', 'percentile'"),
-    ({"calibration": {"weights": {"estimator": "mse"}}}, "calibration.weights.estimator: 'mse' is not one of 'minmax'"),
+    ({"calibration": {"activations": {"estimator": "entropy"}}},
+     "calibration.activations.estimator: 'entropy' is not one of 'minmax', 'ema_minmax', 'mean_max', 'meanstd', "
+     "'norm', 'percentile', 'mse', 'kl', 'histogram_l2'"),
+    ({"calibration": {"weights": {"estimator": "kl"}}},
+     "calibration.weights.estimator: 'kl' is not one of 'minmax', 'mse', 'norm', 'meanstd'"),
+    ({"calibration": {"weights": {"estimator": "minmax", "k": 2}}},
+     "calibration.weights: k is read only by the meanstd estimator, not by minmax"),
+    ({"calibration": {"activations": {"estimator": "kl", "bins": 8}}},
+     "calibration.activations: bins 8 must be in 16..16384"),
+    ({"calibration": {"activations": {"estimator": "ema_minmax", "momentum": 1}}},
+     "calibration.activations: momentum 1.0 must be in [0, 1)"),
+    ({"quantizers": {"weight": {"channel_groups": 4, "granularity": "per_tensor"}}},
+     "quantizers.weight.channel_groups: groups of channels need granularity: per_channel"),
     ({"calibration": {"activations": {"estimator": "minmax", "percentile": 0.99}}},
      "calibration.activations: percentile is read only by the percentile estimator, not by minmax"),
     ({"calibration": {"activations": {"estimator": "percentile", "percentile": 0.2}}},
      "calibration.activations: percentile 0.2 must be in (0.5, 1]"),
-    ({"calibration": {"activations": {"momentum": 0.9}}}, "calibration.activations.momentum: unknown key"),
+    ({"calibration": {"activations": {"momentum": 0.9}}},
+     "calibration.activations: momentum is read only by the ema_minmax estimator, not by mean_max"),
+    ({"calibration": {"activations": {"gamma": 0.9}}}, "calibration.activations.gamma: unknown key"),
     ({"calibration": {"batch_size": -1}}, "calibration.batch_size is -1; give a positive number or auto"),
     ({"calibration": {"size": 0}}, "calibration.size is 0; give a positive number of samples"),
     ({"layers": [{"match": {"name": "conv"}, "estimator": {"estimator": "percentile", "percentile": 2}}]},
@@ -84,7 +97,7 @@ def test_strict_loader_names_the_path(tmp_path, mutation, message):
 
 
 @pytest.mark.parametrize("mutation, message", [
-    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: calibrate, fold_bn"),
+    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: bias_correct, calibrate, fold_bn"),
     ({"pipeline": [{"name": "fold_bn", "options": {"standalon": "keep"}}]}, "pipeline[0].options.standalon: unknown key"),
     ({"emit": ["tensorrt_cache"]}, "emit[0]: unknown emitter 'tensorrt_cache'"),
     ({"emit": [{"name": "tensorrt", "options": {"trt_versoin": "8.6"}}]}, "emit[0].options.trt_versoin: unknown key"),

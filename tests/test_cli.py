@@ -39,7 +39,8 @@ def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
     code, _, _ = qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "out", "--dump-dir", tmp_path / "d",
                           "--calib", calib)
     assert code == 0
-    stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales"]
+    stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales",
+              "005_bias_correct"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
         + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])
@@ -98,7 +99,7 @@ def test_listing_and_showing(capsys):
         ["academic", "acl", "fbgemm", "snpe", "tensorrt", "tvm"]
     code, out, _ = qcompile(capsys, "--list-passes")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
-        ["calibrate", "fold_bn", "insert_quantizers", "share_scales"]
+        ["bias_correct", "calibrate", "fold_bn", "insert_quantizers", "share_scales"]
     code, out, _ = qcompile(capsys, "--show-backend", "tvm", "--set", "quantizers.weight.bits=4")
     assert code == 0 and yaml.safe_load(out)["quantizers"]["weight"]["bits"] == 4
 
@@ -108,8 +109,9 @@ def test_listing_and_showing(capsys):
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
     (["{tmp}/absent.onnx", "-b", "tensorrt", "-o", "{tmp}/o"], 2, "no such model file"),
     (["{model}", "-b", "tensorrtt", "-o", "{tmp}/o"], 2, "unknown backend 'tensorrtt'"),
-    (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "bias_correct"], 2,
-     "--print-after bias_correct: not in this backend's pipeline (fold_bn, insert_quantizers, calibrate, share_scales)"),
+    (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "align_channels"], 2,
+     "--print-after align_channels: not in this backend's pipeline (fold_bn, insert_quantizers, calibrate, "
+     "share_scales, bias_correct)"),
     (["{model}", "-b", "academic", "-o", "{tmp}/o", "--stop-after", "fold_bn"], 2,
      "--stop-after fold_bn: not in this backend's pipeline (insert_quantizers"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--set", "scheme=9"], 2, "backend tensorrt: scheme: 9 is not one of"),
@@ -136,7 +138,7 @@ def test_misspelt_key_and_unknown_pass_in_a_user_file(capsys, model_path, tmp_pa
     assert code == 2 and "quantizers.activation.symetric: unknown key" in err
     user.write_text("extends: tensorrt\npipeline: [fold_bn, calibrat]\n")
     code, _, err = qcompile(capsys, model_path, "-b", user, "-o", tmp_path / "o")
-    assert code == 2 and "unknown pass 'calibrat'; known passes: calibrate, fold_bn" in err
+    assert code == 2 and "unknown pass 'calibrat'; known passes: bias_correct, calibrate, fold_bn" in err
 
 
 def test_invalid_and_quantized_models_are_input_errors(capsys, tmp_path):

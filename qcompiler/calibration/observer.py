@@ -1,16 +1,24 @@
 """The observer: the float graph, every quantizer bypassed, that feeds each activation's estimator.
 
-``activation_ranges`` runs it once over the calibration data, batch by batch,
-and returns each tensor's range. Estimators keep running statistics, never
-the activations themselves, so memory does not grow with the number of
-samples. Estimators that need only each sample's min and max get them from
-ReduceMin/ReduceMax nodes added to that graph, so the activations never
-leave onnxruntime.
+``observe_calibration_data`` runs it once over the calibration data, batch
+by batch, and returns each tensor's range (and, when a later pass asked for
+them, per-channel means of chosen tensors). Estimators keep running
+statistics, never the activations, so memory does not grow with the number
+of samples. What an estimator needs is computed inside onnxruntime, next to
+the activation, and only that leaves it:
+- every sample's min and max (ReduceMin; GlobalMaxPool then ReduceMax);
+- moments: per-sample ReduceSum, ReduceSumSquare and ReduceL1;
+- values, for a histogram: at most HISTOGRAM_VALUES_PER_SAMPLE of each
+  sample, taken evenly (a prime stride through the flattened sample, so
+  the pick does not follow channels or rows), while the exact extrema still
+  bound the histogram;
+- per-channel means: GlobalAveragePool, or ReduceMean over the other axes.
+A tensor of unknown or rank-1 shape comes out whole and is reduced in numpy.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -18,13 +26,16 @@ import onnx_graphsurgeon as gs
 
 from qcompiler import runtime
 from qcompiler.calibration.batching import read_ahead
-from qcompiler.calibration.estimators import Estimator, make_estimator
+from qcompiler.calibration.estimators import MOMENTS, VALUES, BatchStatistics, Estimator, make_estimator, statistics_of
 from qcompiler.data.sources import CalibrationData
 from qcompiler.errors import UsageError
 from qcompiler.graph import ir
 from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 Progress = Callable[[Iterable, "int | None", str], Iterable]
+# A histogram estimator sees at most this many values of each sample of a tensor: binning
+# costs about 10 ns a value in numpy, and MobileNetV2's largest activations hold 1.2 M
+HISTOGRAM_VALUES_PER_SAMPLE = 1 << 16
 
 
 @dataclass
@@ -35,13 +46,19 @@ class Observation:
     samples: int
     min_samples: int                            # what the estimators used need for a stable estimate
     constant_inputs: dict[str, float]           # graph inputs that held one value throughout, and that value
+    channel_means: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def activation_ranges(graph: gs.Graph, plan: QuantPlan, points: list[QuantPoint], data: CalibrationData,
-                      batch_size: int, progress: Progress) -> Observation:
-    """Each point's range over ``data`` by the estimator the point names, and what else the pass saw."""
-    estimators = {p.tensor: make_estimator(p.estimator) for p in points}
-    observer = Observer(graph, plan, estimators, shares_cpu=data.decodes)
+def observe_calibration_data(graph: gs.Graph, plan: QuantPlan, points: list[QuantPoint], data: CalibrationData,
+                             batch_size: int, progress: Progress,
+                             channel_means: dict[str, int] | None = None) -> Observation:
+    """Each point's range over ``data`` by the estimator the point names, and what else the pass saw.
+
+    ``channel_means`` maps tensors to the axis of their channels; their
+    per-channel means over the data come back in the observation.
+    """
+    estimators = {p.tensor: make_estimator(p.estimator, p.spec) for p in points}
+    observer = Observer(graph, plan, estimators, channel_means or {}, shares_cpu=data.decodes)
     total = math.ceil(data.count / batch_size) if data.count else None
     samples = 0
     extrema: dict[str, tuple[float, float]] = {}
@@ -54,61 +71,175 @@ def activation_ranges(graph: gs.Graph, plan: QuantPlan, points: list[QuantPoint]
     if samples == 0:
         raise UsageError("the calibration data holds no samples; give at least one")
     return Observation({name: estimator.range() for name, estimator in estimators.items()}, samples,
-                       max(estimator.min_samples for estimator in estimators.values()),
-                       {name: low for name, (low, high) in extrema.items() if low == high})
+                       max((estimator.min_samples for estimator in estimators.values()), default=1),
+                       {name: low for name, (low, high) in extrema.items() if low == high},
+                       observer.channel_means())
+
+
+@dataclass
+class _Tap:
+    """The outputs the observer adds for one tensor's estimator, by what they hold."""
+
+    minimum: str | None = None      # None: the tensor is never negative, its minimum is taken as 0
+    maximum: str = ""
+    moments: tuple[str, str, str] | None = None
+    values: str | None = None
+    size: int = 0                   # values per sample
+    whole: str | None = None        # set when the tensor comes out whole instead
 
 
 class Observer:
-    """The float graph, every quantizer bypassed, that feeds each activation's estimator.
+    """The float graph, every quantizer bypassed (unless ``bypass`` is False), with what each estimator
+    and each channel mean needs as extra outputs."""
 
-    For an estimator that needs only per-sample extrema, ReduceMin/ReduceMax
-    run inside onnxruntime and only N numbers per tensor come back; the
-    others receive the whole tensor.
-    """
-
-    def __init__(self, graph: gs.Graph, plan: QuantPlan, estimators: dict[str, Estimator], shares_cpu: bool = False):
-        view = _bypass_quantizers(graph, plan)
+    def __init__(self, graph: gs.Graph, plan: QuantPlan, estimators: dict[str, Estimator],
+                 channel_means: dict[str, int], shares_cpu: bool = False, bypass: bool = True):
+        view = float_view(graph, plan) if bypass else graph.copy()
         tensors = view.tensors()
-        self.extrema: dict[str, tuple[str | None, str]] = {}
-        self.whole: list[str] = []
-        outputs: list[gs.Tensor] = []
-        after: dict[int | None, list[gs.Node]] = {}  # id of a producer (None: a graph input) -> nodes to run next
-        for name, estimator in estimators.items():
-            tensor = tensors[name]
-            if estimator.uses_sample_extrema and tensor.shape is not None and len(tensor.shape) >= 2:
-                nodes = _sample_reductions(view, tensor, with_min=not _non_negative(tensor))
-                producer = ir.producer(tensor)
-                key = id(producer) if producer is not None else None
-                after[key] = nodes + after.get(key, [])
-                reductions = [node.outputs[0] for node in nodes if node.op.startswith("Reduce")]
-                self.extrema[name] = (reductions[0].name if len(reductions) == 2 else None, reductions[-1].name)
-                outputs += reductions
-            else:
-                self.whole.append(name)
-                outputs.append(tensor)
-        # onnxruntime runs nodes in list order where it can: reductions right
-        # after the producer let the activation be freed at once, instead of
-        # every activation of the batch living until the end
-        view.nodes = after.get(None, []) + [n for node in view.nodes for n in (node, *after.get(id(node), []))]
-        existing = {t.name for t in view.outputs}
-        view.outputs += [t for t in outputs if t.name not in existing]
-        self.fetch = [t.name for t in outputs]
+        self.view = view
         self.estimators = estimators
+        self.taps: dict[str, _Tap] = {}
+        self.outputs: list[gs.Tensor] = []
+        self.after: dict[int | None, list[gs.Node]] = {}   # id of a producer (None: a graph input) -> nodes next
+        for name, estimator in estimators.items():
+            self.taps[name] = self._tap(tensors[name], estimator.needs)
+        self.means = {name: self._channel_mean(tensors[name], axis) for name, axis in channel_means.items()}
+        self.mean_sums: dict[str, np.ndarray] = {}
+        self.mean_counts: dict[str, int] = {}
+        # onnxruntime runs nodes in list order where it can: reductions right after the producer
+        # let the activation be freed at once, instead of every activation of the batch living
+        # until the end
+        after = self.after
+        view.nodes = after.get(None, []) + [n for node in view.nodes for n in (node, *after.get(id(node), []))]
+        wanted = {t.name: t for t in self.outputs}
+        existing = {t.name for t in view.outputs}
+        view.outputs += [t for name, t in wanted.items() if name not in existing]
+        self.fetch = list(wanted)
         # while the reader decodes the next batch, spinning idle threads would take its core; with
         # nothing to decode, spinning saves the wake-up of every run (512 samples from an .npy: 2.9 s -> 2.3 s)
         self.session = runtime.graph_session(view, memory_pattern=False, spinning=not shares_cpu)
 
     def observe(self, feed: dict[str, np.ndarray]) -> None:
         values = dict(zip(self.fetch, self.session.run(self.fetch, feed)))
-        for name in self.whole:
-            self.estimators[name].update(values[name])
-        for name, (low, high) in self.extrema.items():
-            # a non-negative tensor's minimum is irrelevant: every range is widened to contain 0
-            sample_min = values[low] if low is not None else np.zeros_like(values[high])
-            self.estimators[name].update_extrema(sample_min, values[high])
+        for name, tap in self.taps.items():
+            estimator = self.estimators[name]
+            if tap.whole is not None:
+                estimator.update(statistics_of(values[tap.whole], estimator.needs))
+            else:
+                estimator.update(_statistics(tap, values))
+        for name, (output, axis) in self.means.items():
+            per_sample = _channel_means_per_sample(values[output], axis)
+            self.mean_sums[name] = self.mean_sums.get(name, 0.0) + per_sample.sum(axis=0, dtype=np.float64)
+            self.mean_counts[name] = self.mean_counts.get(name, 0) + per_sample.shape[0]
+
+    def channel_means(self) -> dict[str, np.ndarray]:
+        return {name: self.mean_sums[name] / self.mean_counts[name] for name in self.mean_sums}
+
+    def _tap(self, tensor: gs.Tensor, needs: frozenset[str]) -> _Tap:
+        if tensor.shape is None or len(tensor.shape) < 2:
+            self.outputs.append(tensor)
+            return _Tap(whole=tensor.name)
+        nodes: list[gs.Node] = []
+        tap = _Tap()
+        if not _non_negative(tensor):
+            nodes.append(_reduction(self.view, "ReduceMin", tensor, f"{tensor.name}/sample_min"))
+            tap.minimum = nodes[-1].outputs[0].name
+        source = tensor
+        if len(tensor.shape) >= 3:   # onnxruntime pools in its blocked layout; ReduceMax would first reorder
+            source = gs.Variable(f"{tensor.name}/channel_max", dtype=np.float32)
+            nodes.append(gs.Node("GlobalMaxPool", source.name, inputs=[tensor], outputs=[source]))
+        nodes.append(_reduction(self.view, "ReduceMax", source, f"{tensor.name}/sample_max",
+                                list(range(1, len(tensor.shape)))))
+        tap.maximum = nodes[-1].outputs[0].name
+        if MOMENTS in needs:
+            moments = [_reduction(self.view, op, tensor, f"{tensor.name}/sample_{op[6:].lower()}")
+                       for op in ("ReduceSum", "ReduceSumSquare", "ReduceL1")]
+            nodes += moments
+            tap.moments = tuple(node.outputs[0].name for node in moments)
+        static = all(isinstance(d, int) for d in tensor.shape[1:])
+        tap.size = math.prod(tensor.shape[1:]) if static else 0
+        if VALUES in needs:
+            if not static:
+                self.outputs.append(tensor)
+                return _Tap(whole=tensor.name)
+            sampled, tap.values = _even_subsample(tensor, tap.size)
+            nodes += sampled
+        self.outputs += [node.outputs[0] for node in nodes if node.outputs[0].name in _names(tap)]
+        producer = ir.producer(tensor)
+        key = id(producer) if producer is not None else None
+        self.after[key] = nodes + self.after.get(key, [])
+        if tap.values == tensor.name:
+            self.outputs.append(tensor)
+        return tap
+
+    def _channel_mean(self, tensor: gs.Tensor, axis: int) -> tuple[str, int]:
+        """The output that holds each sample's channel means (or more), and the axis of its channels."""
+        if tensor.shape is None or len(tensor.shape) <= 2:
+            self.outputs.append(tensor)
+            return tensor.name, axis
+        rank = len(tensor.shape)
+        if axis % rank == 1:
+            out = gs.Variable(f"{tensor.name}/channel_mean", dtype=np.float32)
+            node = gs.Node("GlobalAveragePool", out.name, inputs=[tensor], outputs=[out])
+        else:
+            axes = [a for a in range(1, rank) if a != axis % rank]
+            node = _reduction(self.view, "ReduceMean", tensor, f"{tensor.name}/channel_mean", axes)
+        producer = ir.producer(tensor)
+        key = id(producer) if producer is not None else None
+        self.after[key] = [node] + self.after.get(key, [])
+        self.outputs.append(node.outputs[0])
+        return node.outputs[0].name, 1
 
 
-def _bypass_quantizers(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
+def _channel_means_per_sample(array: np.ndarray, axis: int) -> np.ndarray:
+    """``(samples, channels)``: each sample's mean over every axis but ``axis``."""
+    moved = np.moveaxis(array, axis, 1)
+    return moved.reshape(moved.shape[0], moved.shape[1], -1).mean(axis=2, dtype=np.float64)
+
+
+def _names(tap: _Tap) -> set[str]:
+    return {tap.minimum, tap.maximum, tap.values, *(tap.moments or ())} - {None}
+
+
+def _statistics(tap: _Tap, values: dict[str, np.ndarray]) -> BatchStatistics:
+    sample_max = values[tap.maximum]
+    # a non-negative tensor's minimum is irrelevant: every range is widened to contain 0
+    sample_min = values[tap.minimum] if tap.minimum is not None else np.zeros_like(sample_max)
+    stats = BatchStatistics(sample_min, sample_max, tap.size)
+    if tap.moments is not None:
+        stats.sum, stats.sum_squares, stats.sum_magnitudes = (float(values[m].sum(dtype=np.float64))
+                                                              for m in tap.moments)
+    if tap.values is not None:
+        stats.values = values[tap.values]
+    return stats
+
+
+def _even_subsample(tensor: gs.Tensor, size: int) -> tuple[list[gs.Node], str]:
+    """Nodes that take every ``stride``-th value of each flattened sample, at most HISTOGRAM_VALUES_PER_SAMPLE."""
+    stride = _prime_at_least(math.ceil(size / HISTOGRAM_VALUES_PER_SAMPLE))
+    if stride == 1:
+        return [], tensor.name
+    flat = gs.Variable(f"{tensor.name}/flat", dtype=np.float32)
+    reshape = gs.Node("Reshape", flat.name, inputs=[tensor, gs.Constant(f"{flat.name}_shape", np.array([0, -1]))],
+                      outputs=[flat])
+    picked = gs.Variable(f"{tensor.name}/sampled", dtype=np.float32)
+    constants = [gs.Constant(f"{picked.name}_{key}", np.array([value], np.int64))
+                 for key, value in (("starts", 0), ("ends", size), ("axes", 1), ("steps", stride))]
+    return [reshape, gs.Node("Slice", picked.name, inputs=[flat, *constants], outputs=[picked])], picked.name
+
+
+def _prime_at_least(n: int) -> int:
+    """1 for n <= 1, else the smallest prime >= n."""
+    if n <= 1:
+        return 1
+    candidate = max(n, 2)
+    while any(candidate % d == 0 for d in range(2, math.isqrt(candidate) + 1)):
+        candidate += 1
+    return candidate
+
+
+def float_view(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
+    """A copy of ``graph`` with every quantizer of ``plan`` bypassed: the float model, as placed."""
     view = graph.copy()
     tensors = view.tensors()
     by_name = {node.name: node for node in view.nodes}
@@ -131,30 +262,14 @@ def _non_negative(tensor: gs.Tensor) -> bool:
     return False
 
 
-def _sample_reductions(view: gs.Graph, tensor: gs.Tensor, with_min: bool) -> list[gs.Node]:
-    """The nodes of a per-sample ReduceMin (if ``with_min``) and max of ``tensor``.
+def _reduction(view: gs.Graph, op: str, tensor: gs.Tensor, name: str, axes: list[int] | None = None) -> gs.Node:
+    """``op`` over ``axes`` (default: all but the sample axis) without keepdims.
 
-    The max of a tensor with spatial dims goes through GlobalMaxPool first:
-    onnxruntime runs that in its blocked (NCHWc) layout, where a plain
-    ReduceMax would first reorder the whole activation back to NCHW
-    (MobileNetV2 observer: 1.75x -> 1.45x a float pass).
+    The axes became an input in opset 13 for ReduceSum, in opset 18 for the other reductions.
     """
-    axes = list(range(1, len(tensor.shape)))
-    nodes: list[gs.Node] = []
-    if with_min:
-        nodes.append(_reduction(view, "ReduceMin", tensor, f"{tensor.name}/sample_min", axes))
-    source = tensor
-    if len(tensor.shape) >= 3:
-        source = gs.Variable(f"{tensor.name}/channel_max", dtype=np.float32)
-        nodes.append(gs.Node("GlobalMaxPool", source.name, inputs=[tensor], outputs=[source]))
-    nodes.append(_reduction(view, "ReduceMax", source, f"{tensor.name}/sample_max", axes))
-    return nodes
-
-
-def _reduction(view: gs.Graph, op: str, tensor: gs.Tensor, name: str, axes: list[int]) -> gs.Node:
-    """``op`` over ``axes`` without keepdims; axes moved from attribute to input in opset 18."""
-    out = gs.Variable(name, dtype=np.float32, shape=[tensor.shape[0]] if tensor.shape else None)
-    if view.opset >= 18:
+    axes = axes if axes is not None else list(range(1, len(tensor.shape)))
+    out = gs.Variable(name, dtype=np.float32)
+    if view.opset >= (13 if op == "ReduceSum" else 18):
         axes_input = gs.Constant(f"{name}_axes", np.asarray(axes, np.int64))
         return gs.Node(op, name, {"keepdims": 0}, [tensor, axes_input], [out])
     return gs.Node(op, name, {"keepdims": 0, "axes": axes}, [tensor], [out])

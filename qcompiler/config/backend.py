@@ -34,16 +34,28 @@ EltwiseInputs = Literal["all", "unfused", "none"]
 # The bit widths a quantizer may have: ONNX Q/DQ holds them in 8-bit containers.
 MIN_BITS, MAX_BITS = 2, 8
 
-# The activation estimators that exist, with the parameters each reads
-# (calibration/estimators.py implements them; BACKENDS.md section 3 names more).
+# The activation estimators, with the parameters each reads (calibration/estimators.py;
+# BACKENDS.md section 3). The histogram ones share one streamed histogram per tensor.
 ESTIMATOR_PARAMETERS: dict[str, tuple[str, ...]] = {
     "minmax": (),
+    "ema_minmax": ("momentum",),
     "mean_max": (),
-    "percentile": ("percentile",),
+    "meanstd": ("k",),
+    "norm": (),
+    "percentile": ("percentile", "bins"),
+    "mse": ("bins",),
+    "kl": ("bins",),
+    "histogram_l2": ("bins",),
 }
 ActivationEstimator = Literal[tuple(ESTIMATOR_PARAMETERS)]
-# Weights: min/max per channel or per tensor.
-WeightEstimator = Literal["minmax"]
+# Weights: their values are at hand, so each estimator reads all of them (calibration/weights.py).
+WEIGHT_ESTIMATOR_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "minmax": (),
+    "mse": (),
+    "norm": (),
+    "meanstd": ("k",),
+}
+WeightEstimator = Literal[tuple(WEIGHT_ESTIMATOR_PARAMETERS)]
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,9 @@ class QuantizerSpec:
     narrow_range: bool = False
     reduce_range: bool = False
     granularity: Granularity = "per_tensor"
+    # per_channel only: consecutive output channels in this many groups share a scale
+    # (the MXNet tool's per-group weights; 1 is per-tensor, the channel count per-channel)
+    channel_groups: int | None = None
     scale: ScaleForm = "float"
     # ceil never clips; round is closer on average but may clip the extremes
     power_of_two_rounding: Literal["ceil", "round"] = "ceil"
@@ -110,15 +125,19 @@ class OpRule:
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """An activation estimator and its parameters (each estimator reads only its own)."""
+    """An activation estimator and its parameters (each estimator reads only its own; unset: its default)."""
 
     estimator: ActivationEstimator = "minmax"
-    percentile: float | None = None   # percentile: the quantile kept, 0.9999 by default
+    percentile: float | None = None   # percentile: the fraction of values kept inside the range, 0.9999
+    momentum: float | None = None     # ema_minmax: weight of the running range against each batch's, 0.9
+    k: float | None = None            # meanstd: the range is mean +- k * std, 3
+    bins: int | None = None           # histogram estimators: bins on each side of zero, 2048
 
 
 @dataclass(frozen=True)
 class WeightEstimatorConfig:
     estimator: WeightEstimator = "minmax"
+    k: float | None = None            # meanstd: mean +- k * std, 3
 
 
 @dataclass(frozen=True)

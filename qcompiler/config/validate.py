@@ -17,6 +17,7 @@ from qcompiler.config.backend import (
     ESTIMATOR_PARAMETERS,
     MAX_BITS,
     MIN_BITS,
+    WEIGHT_ESTIMATOR_PARAMETERS,
     BackendConfig,
     CalibrationConfig,
     EstimatorConfig,
@@ -24,6 +25,7 @@ from qcompiler.config.backend import (
     LayerOverride,
     QuantizerSpec,
     RoleConstraints,
+    WeightEstimatorConfig,
 )
 from qcompiler.config.schema import SchemaError
 
@@ -122,15 +124,29 @@ def per_channel_problem(config: BackendConfig, spec: QuantizerSpec, role: str, o
             f"{_listed(allowed)}")
 
 
-def estimator_problem(config: EstimatorConfig) -> str | None:
+# each estimator parameter: the values it may take, as a test and the words of the refusal
+PARAMETER_RANGES = {
+    "percentile": (lambda v: 0.5 < v <= 1.0, "must be in (0.5, 1]; e.g. 0.9999"),
+    "momentum": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1); e.g. 0.9"),
+    "k": (lambda v: v > 0, "must be positive; e.g. 3"),
+    "bins": (lambda v: 16 <= v <= 16384, "must be in 16..16384; e.g. 2048"),
+}
+
+
+def estimator_problem(config: EstimatorConfig | WeightEstimatorConfig) -> str | None:
     """A parameter the estimator does not read, or a value outside its range; None when all is well."""
-    reads = ESTIMATOR_PARAMETERS[config.estimator]
+    table = WEIGHT_ESTIMATOR_PARAMETERS if isinstance(config, WeightEstimatorConfig) else ESTIMATOR_PARAMETERS
+    reads = table[config.estimator]
     for parameter in (f.name for f in dataclasses.fields(config) if f.name != "estimator"):
-        if getattr(config, parameter) is not None and parameter not in reads:
-            readers = [name for name, params in ESTIMATOR_PARAMETERS.items() if parameter in params]
+        value = getattr(config, parameter)
+        if value is None:
+            continue
+        if parameter not in reads:
+            readers = [name for name, params in table.items() if parameter in params]
             return f"{parameter} is read only by the {', '.join(readers)} estimator, not by {config.estimator}"
-    if config.percentile is not None and not 0.5 < config.percentile <= 1.0:
-        return f"percentile {config.percentile} must be in (0.5, 1]; e.g. 0.9999"
+        accepts, rule = PARAMETER_RANGES[parameter]
+        if not accepts(value):
+            return f"{parameter} {value} {rule}"
     return None
 
 
@@ -140,6 +156,11 @@ def _validate_spec(spec: QuantizerSpec, path: str) -> None:
         raise SchemaError(f"{path}.narrow_range: only a signed grid has a narrow range")
     if spec.reduce_range and spec.bits < MIN_BITS + 1:
         raise SchemaError(f"{path}.reduce_range: a {spec.bits}-bit grid has no bit to spare; give bits >= 3")
+    if spec.channel_groups is not None:
+        if spec.granularity != "per_channel":
+            raise SchemaError(f"{path}.channel_groups: groups of channels need granularity: per_channel")
+        if spec.channel_groups < 1:
+            raise SchemaError(f"{path}.channel_groups is {spec.channel_groups}; give a positive number of groups")
 
 
 def _validate_layer(layer: LayerOverride, path: str) -> None:
@@ -158,13 +179,14 @@ def _validate_layer(layer: LayerOverride, path: str) -> None:
 
 def _validate_calibration(calibration: CalibrationConfig) -> None:
     _require_estimator(calibration.activations, "calibration.activations")
+    _require_estimator(calibration.weights, "calibration.weights")
     if calibration.batch_size != "auto" and calibration.batch_size < 1:
         raise SchemaError(f"calibration.batch_size is {calibration.batch_size}; give a positive number or auto")
     if calibration.size is not None and calibration.size < 1:
         raise SchemaError(f"calibration.size is {calibration.size}; give a positive number of samples")
 
 
-def _require_estimator(config: EstimatorConfig, path: str) -> None:
+def _require_estimator(config: EstimatorConfig | WeightEstimatorConfig, path: str) -> None:
     problem = estimator_problem(config)
     if problem:
         raise SchemaError(f"{path}: {problem}")

@@ -31,6 +31,15 @@ def weight_axis(node: gs.Node) -> int:
     return 1  # MatMul with weight (K, N)
 
 
+def input_channel_axis(node: gs.Node) -> int:
+    """The axis of a weighted op's activation input that its weight's input channels meet."""
+    if node.op in ("Conv", "ConvTranspose"):
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transA", 0) else 1
+    return -1  # MatMul: (..., K) times (K, N)
+
+
 def is_integer_op(op: str) -> bool:
     """An op that computes on quantized integers itself rather than through Q/DQ: the QOperator form
     (QLinearConv, QGemm, ...), the Integer ops (ConvInteger, MatMulInteger16, ...), dynamic quantization."""

@@ -78,3 +78,19 @@ def evaluate(float_model: onnx.ModelProto | Path, quant_model: onnx.ModelProto |
         for meter, r, q in zip(result.outputs, reference.run(names, feed), quantized.run(names, feed)):
             meter.update(r, q)
     return result
+
+
+def mean_output_shifts(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, tensors: list[str],
+                       data: CalibrationData, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Per tensor (``[N, C, ...]``, named alike in both models), the per-channel mean of quantized minus float
+    over ``data``: the shift that bias correction removes."""
+    reference = runtime.session(runtime.with_outputs(float_model, tensors), fuse_qdq=False)
+    quantized = runtime.session(runtime.with_outputs(quant_model, tensors), fuse_qdq=False)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for feed in data.batches(batch_size):
+        for name, r, q in zip(tensors, reference.run(tensors, feed), quantized.run(tensors, feed)):
+            difference = (q.astype(np.float64) - r).reshape(len(r), r.shape[1], -1).mean(axis=2).sum(axis=0)
+            sums[name] = sums.get(name, 0.0) + difference
+        count += len(next(iter(feed.values())))
+    return {name: total / count for name, total in sums.items()}

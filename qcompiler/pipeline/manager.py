@@ -101,6 +101,7 @@ class PassManager:
     def run(self, graph: gs.Graph, ctx: PassContext, import_record: StageRecord) -> gs.Graph:
         """Run every step on ``graph`` (already imported) and return the final graph."""
         history = [import_record.name]
+        ctx.requests = {request for step in self._active() for request in step.pass_cls(step.options).requests()}
         self._notify(import_record, graph, ctx)
         try:
             for step in self.steps:
@@ -115,6 +116,16 @@ class PassManager:
             for instrument in self.instruments:
                 instrument.finish([import_record, *self.records], ctx)
         return graph
+
+    def _active(self) -> list[_Step]:
+        """The steps that will run: up to --stop-after, without the --disable'd ones."""
+        active = []
+        for step in self.steps:
+            if step.record.name not in self.disabled:
+                active.append(step)
+            if step.record.name == self.stop_after:
+                break
+        return active
 
     def _run_step(self, step: _Step, graph: gs.Graph, ctx: PassContext, history: list[str]) -> gs.Graph:
         record, name = step.record, step.record.name

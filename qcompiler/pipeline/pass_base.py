@@ -34,6 +34,10 @@ class Property:
     violation: Callable[[gs.Graph, "PassContext"], str | None]
 
 
+# A request (``Pass.requests``): calibration also takes the per-channel mean of each weighted op's float input.
+INPUT_MEANS = "input_means"
+
+
 @dataclass
 class PassResult:
     changed: bool
@@ -67,6 +71,10 @@ class PassContext:
     # something that does not stop the compile but makes its result doubtful (degenerate data, ...)
     warnings: list[str] = field(default_factory=list)
     strict: bool = False   # --strict: a warning is an error
+    # what passes of this pipeline ask earlier ones to collect (``Pass.requests``), e.g. INPUT_MEANS
+    requests: set[str] = field(default_factory=set)
+    # per-channel means over the calibration data of weighted ops' float inputs, by tensor (INPUT_MEANS)
+    input_means: dict[str, Any] = field(default_factory=dict)
 
     def explain(self, node: str, applied: bool, reason: str) -> None:
         self.explanations.append(Explanation(self.current_pass, node, applied, reason))
@@ -103,6 +111,10 @@ class Pass:
         """The first line of the pass module's docstring, which is its contract."""
         doc = (sys.modules[cls.__module__].__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+    def requests(self) -> frozenset[str]:
+        """What this pass, with its options, needs an earlier pass to collect for it (none by default)."""
+        return frozenset()
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError

@@ -103,6 +103,18 @@ class QuantPlan:
     def weights(self) -> list[QuantPoint]:
         return [p for p in self.points.values() if p.kind == "weight"]
 
+    def feeding(self, tensor: gs.Tensor) -> QuantPoint | None:
+        """The point whose quantized value ``tensor`` is (the output of its DQ, or of its clip), if any."""
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None:
+            return None
+        return next((p for p in self.points.values() if p.nodes and p.nodes[-1] == producer.name), None)
+
+    def float_input(self, tensor: gs.Tensor) -> str:
+        """The name of the float tensor behind ``tensor``: what quantizes into it, or itself."""
+        point = self.feeding(tensor)
+        return point.tensor if point is not None else tensor.name
+
     def groups(self) -> dict[str, list[QuantPoint]]:
         groups: dict[str, list[QuantPoint]] = {}
         for point in self.points.values():

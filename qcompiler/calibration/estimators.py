@@ -22,8 +22,7 @@ import numpy as np
 
 from qcompiler.calibration import histogram
 from qcompiler.config.backend import EstimatorConfig, QuantizerSpec
-from qcompiler.config.validate import estimator_problem
-from qcompiler.errors import UsageError
+from qcompiler.config.validate import refuse_bad_estimator
 from qcompiler.quant.qmath import Grid, grid, resolve_signed
 
 MOMENTS, VALUES = "moments", "values"
@@ -234,10 +233,5 @@ ESTIMATORS: dict[str, type[Estimator]] = {
 
 def make_estimator(config: EstimatorConfig, spec: QuantizerSpec) -> Estimator:
     """The activation estimator ``config`` names, for ``spec`` (a config built in code is checked as a file is)."""
-    if config.estimator not in ESTIMATORS:
-        raise UsageError(f"activation estimator {config.estimator!r} does not exist; "
-                         f"available: {', '.join(ESTIMATORS)}")
-    problem = estimator_problem(config)
-    if problem:
-        raise UsageError(problem)
+    refuse_bad_estimator(config, ESTIMATORS, "activation")
     return ESTIMATORS[config.estimator](config, spec)

@@ -19,8 +19,7 @@ from typing import Callable
 import numpy as np
 
 from qcompiler.config.backend import QuantizerSpec, WeightEstimatorConfig
-from qcompiler.config.validate import estimator_problem
-from qcompiler.errors import UsageError
+from qcompiler.config.validate import refuse_bad_estimator
 from qcompiler.quant.qmath import Grid, grid, qparams, resolve_signed
 
 Range = tuple[np.ndarray, np.ndarray]
@@ -39,12 +38,7 @@ def estimate_weight(config: WeightEstimatorConfig, spec: QuantizerSpec, values: 
                     axis: int | None) -> Range:
     """The range ``config``'s estimator gives ``values``: per channel along ``axis`` (in groups if the
     spec says so), or per tensor when ``axis`` is None."""
-    if config.estimator not in WEIGHT_ESTIMATORS:
-        raise UsageError(f"weight estimator {config.estimator!r} does not exist; "
-                         f"available: {', '.join(WEIGHT_ESTIMATORS)}")
-    problem = estimator_problem(config)
-    if problem:
-        raise UsageError(problem)
+    refuse_bad_estimator(config, WEIGHT_ESTIMATORS, "weight")
     estimator = WEIGHT_ESTIMATORS[config.estimator]
     rows = _rows(values, axis)
     g = grid(spec, resolve_signed(spec, np.asarray(rows.min())))

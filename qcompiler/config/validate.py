@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from qcompiler.config.backend import (
     ESTIMATOR_PARAMETERS,
@@ -28,6 +28,7 @@ from qcompiler.config.backend import (
     WeightEstimatorConfig,
 )
 from qcompiler.config.schema import SchemaError
+from qcompiler.errors import UsageError
 
 ROLES = ("weights", "activations")  # the fields of BackendConfig, OpRule, LayerOverride and Constraints
 
@@ -148,6 +149,18 @@ def estimator_problem(config: EstimatorConfig | WeightEstimatorConfig) -> str | 
         if not accepts(value):
             return f"{parameter} {value} {rule}"
     return None
+
+
+def refuse_bad_estimator(config: EstimatorConfig | WeightEstimatorConfig, available: Iterable[str],
+                         kind: str) -> None:
+    """A usage error unless ``config`` names one of ``available`` with valid parameters (for configs built
+    in code, which the loader never saw)."""
+    available = list(available)
+    if config.estimator not in available:
+        raise UsageError(f"{kind} estimator {config.estimator!r} does not exist; available: {', '.join(available)}")
+    problem = estimator_problem(config)
+    if problem:
+        raise UsageError(problem)
 
 
 def _validate_spec(spec: QuantizerSpec, path: str) -> None:

@@ -273,3 +273,62 @@ def test_weight_mse_beats_minmax_per_channel_at_4_bits():
                 brute = min(raw_error(heavy[row], -a * amax, a * amax, spec) for a in np.arange(1, 257) / 256)
                 assert errors["mse"][row] <= brute * (1 + 1e-6)
     assert np.all(errors["mse"] < errors["minmax"])
+
+
+# the observer: what onnxruntime hands the estimators is what numpy would
+
+
+def _observed_and_expected(estimator: str, tmp_path, dims: list, stride_cap: int | None = None, monkeypatch=None):
+    import onnx
+
+    from qcompiler import runtime
+    from qcompiler.calibration import observer
+    from qcompiler.driver import CompileRequest, compile_model
+    from qcompiler.testing.models import TEST_MODELS
+
+    model = TEST_MODELS["resnet_basic_block"]()
+    model.graph.input[0].type.tensor_type.shape.Clear()
+    for dim in dims:
+        entry = model.graph.input[0].type.tensor_type.shape.dim.add()
+        if isinstance(dim, str):
+            entry.dim_param = dim
+        else:
+            entry.dim_value = dim
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    data = RNG.normal(0.3, 1, (10, 16, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", data)
+    if stride_cap is not None:
+        monkeypatch.setattr(observer, "HISTOGRAM_VALUES_PER_SAMPLE", stride_cap)
+    result = compile_model(CompileRequest(model=tmp_path / "model.onnx", backend="snpe", out=tmp_path / "out",
+                                          calib=str(tmp_path / "calib.npy"), overrides=[
+                                              f"calibration.activations.estimator={estimator}",
+                                              "calibration.batch_size=4"]))
+    points = result.ctx.plan.activations()
+    float_model = onnx.load(tmp_path / "out" / "model.onnx")
+    session = runtime.session(runtime.with_outputs(float_model, [p.tensor for p in points]))
+    for point in points:
+        reference = make_estimator(point.estimator, point.spec)
+        for start in range(0, len(data), 4):
+            (values,) = session.run([point.tensor], {"x": data[start: start + 4]})
+            stats = statistics_of(values, reference.needs)
+            if stats.values is not None and stride_cap is not None:
+                stride = observer._prime_at_least(int(np.ceil(stats.values.shape[1] / stride_cap)))
+                stats.values = stats.values[:, ::stride]
+            reference.update(stats)
+        yield point, reference.range()
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("dims", [["N", 16, 16, 16], ["N", 16, "H", "W"]], ids=["static", "dynamic_spatial"])
+def test_the_observer_feeds_each_estimator_what_numpy_would(name, dims, tmp_path):
+    """Ranges as widened to contain 0 (a ReLU's minimum, which the observer never reads, does not matter)."""
+    for point, (lo, hi) in _observed_and_expected(name, tmp_path, dims):
+        np.testing.assert_allclose([min(np.min(point.lo), 0), max(np.max(point.hi), 0)], [min(lo, 0), max(hi, 0)],
+                                   rtol=2e-5, atol=1e-6, err_msg=point.tensor)
+
+
+@pytest.mark.parametrize("name", ["percentile", "mse", "kl", "histogram_l2"])
+def test_histograms_read_an_even_prime_stride_subsample(name, tmp_path, monkeypatch):
+    for point, (lo, hi) in _observed_and_expected(name, tmp_path, ["N", 16, 16, 16], 1000, monkeypatch):
+        np.testing.assert_allclose([min(np.min(point.lo), 0), max(np.max(point.hi), 0)], [min(lo, 0), max(hi, 0)],
+                                   rtol=2e-5, atol=1e-6, err_msg=point.tensor)

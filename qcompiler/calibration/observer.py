@@ -136,7 +136,9 @@ class Observer:
         return {name: self.mean_sums[name] / self.mean_counts[name] for name in self.mean_sums}
 
     def _tap(self, tensor: gs.Tensor, needs: frozenset[str]) -> _Tap:
-        if tensor.shape is None or len(tensor.shape) < 2:
+        known = tensor.shape is not None and len(tensor.shape) >= 2
+        static = known and all(isinstance(d, int) for d in tensor.shape[1:])
+        if not known or (needs & {VALUES, MOMENTS} and not static):   # they need the values per sample
             self.outputs.append(tensor)
             return _Tap(whole=tensor.name)
         nodes: list[gs.Node] = []
@@ -156,12 +158,8 @@ class Observer:
                        for op in ("ReduceSum", "ReduceSumSquare", "ReduceL1")]
             nodes += moments
             tap.moments = tuple(node.outputs[0].name for node in moments)
-        static = all(isinstance(d, int) for d in tensor.shape[1:])
         tap.size = math.prod(tensor.shape[1:]) if static else 0
         if VALUES in needs:
-            if not static:
-                self.outputs.append(tensor)
-                return _Tap(whole=tensor.name)
             sampled, tap.values = _even_subsample(tensor, tap.size)
             nodes += sampled
         self.outputs += [node.outputs[0] for node in nodes if node.outputs[0].name in _names(tap)]

@@ -55,7 +55,8 @@ BATCH = 16
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS),
+                        help="none: only the speed and memory table")
     parser.add_argument("--backends", nargs="+", default=shipped_backends())
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     parser.add_argument("--ort-methods", nargs="+", default=["MinMax", "Percentile"])

@@ -79,7 +79,7 @@ def test_table1_settings():
     ({"calibration": {"activations": {"estimator": "percentile", "percentile": 0.2}}},
      "calibration.activations: percentile 0.2 must be in (0.5, 1]"),
     ({"calibration": {"activations": {"momentum": 0.9}}},
-     "calibration.activations: momentum is read only by the ema_minmax estimator, not by mean_max"),
+     "calibration.activations: momentum is read only by the ema_minmax estimator, not by percentile"),
     ({"calibration": {"activations": {"gamma": 0.9}}}, "calibration.activations.gamma: unknown key"),
     ({"calibration": {"batch_size": -1}}, "calibration.batch_size is -1; give a positive number or auto"),
     ({"calibration": {"size": 0}}, "calibration.size is 0; give a positive number of samples"),

@@ -11,7 +11,7 @@ from qcompiler.passes import registry
 
 from qcompiler import runtime
 from qcompiler.calibration.batching import auto_batch_size, read_ahead
-from qcompiler.config.backend import PipelineEntry
+from qcompiler.config.backend import EstimatorConfig, PipelineEntry
 from qcompiler.config.loader import load_backend
 from qcompiler.data.sources import CalibrationData
 from qcompiler.driver import CompileRequest, compile_model
@@ -217,15 +217,15 @@ def test_contracts_are_enforced(tmp_path):
 def test_a_layer_override_sets_the_estimator_of_the_activations_it_quantizes(tmp_path):
     override = "layers=[{match: {name: conv2}, estimator: {estimator: percentile, percentile: 0.9}}]"
     result, _ = compile_with(TEST_MODELS["resnet_bottleneck"](), "tensorrt", tmp_path, override)
-    estimators = {name: p.estimator.estimator for name, p in result.ctx.plan.points.items() if p.kind == "activation"}
-    assert estimators.pop("relu1") == "percentile"  # conv2's input
-    assert set(estimators.values()) == {"mean_max"}  # the backend's default everywhere else
+    estimators = {name: p.estimator for name, p in result.ctx.plan.points.items() if p.kind == "activation"}
+    assert estimators.pop("relu1") == EstimatorConfig("percentile", percentile=0.9)  # conv2's input
+    assert set(estimators.values()) == {EstimatorConfig("percentile")}  # the backend's default everywhere else
     qparams = {q["tensor"]: q for q in json.loads((tmp_path / "out" / "qparams.json").read_text())["quantizers"]}
-    assert qparams["relu1"]["estimator"] == "percentile" and qparams["x"]["estimator"] == "mean_max"
+    assert qparams["relu1"]["estimator"] == "percentile" and qparams["x"]["estimator"] == "percentile"
     (tmp_path / "default").mkdir()
     default, _ = compile_with(TEST_MODELS["resnet_bottleneck"](), "tensorrt", tmp_path / "default")
     clipped, full = result.ctx.plan.points["relu1"], default.ctx.plan.points["relu1"]
-    assert clipped.scale < full.scale  # the 90th percentile clips where mean_max does not
+    assert clipped.scale < full.scale  # the 90th percentile clips where the 99.99th does not
     assert result.ctx.plan.points["relu2"].scale == default.ctx.plan.points["relu2"].scale
 
 

@@ -85,7 +85,8 @@ def model_section(name: str, photos: list[Path], args: argparse.Namespace, work:
     np.save(held, load_batch(photos[1::2], preprocess))
     held_data = open_data(str(held), inputs)
     float_seconds = float_pass(model, calib, inputs)
-    lines = [f"## {name}", "", f"One in-process float onnxruntime pass over the calibration photos: {float_seconds:.2f} s.",
+    lines = [f"## {name}", "",
+             f"One in-process float onnxruntime pass over the calibration photos: {float_seconds:.2f} s.",
              "", "| backend | estimator | bias_correct | top-1 | top-k | SQNR | compile | / float pass |",
              "|---|---|---|---|---|---|---|---|"]
     for backend in args.backends:
@@ -100,7 +101,8 @@ def model_section(name: str, photos: list[Path], args: argparse.Namespace, work:
                 lines.append(f"| {backend} | {estimator}{star} | {'on' if correct else 'off'} | {top1:.1f}% | "
                              f"{topk:.1f}% | {sqnr:.2f} dB | {seconds:.2f} s | {seconds / float_seconds:.2f}x |")
                 print(lines[-1], flush=True)
-    lines += ["", "Peers on the same data:", "", "| peer | setting | top-1 | top-k | SQNR | time |", "|---|---|---|---|---|---|"]
+    lines += ["", "Peers on the same data:", "", "| peer | setting | top-1 | top-k | SQNR | time |",
+              "|---|---|---|---|---|---|"]
     lines += nncf_rows(model, calib, inputs, held_data, work)
     if model.name == "mobilenetv2_bn.onnx":   # quantize_static's settings are written for this model's input
         for backend in args.backends:

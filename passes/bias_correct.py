@@ -35,7 +35,7 @@ from qcompiler.graph.ops import DATA_MOVEMENT_OPS
 from qcompiler.pipeline.pass_base import INPUT_MEANS, Pass, PassContext, PassResult
 from qcompiler.pipeline.properties import CALIBRATED
 from qcompiler.quant.plan import QuantPoint
-from qcompiler.quant.qmath import fake_quantize
+from qcompiler.quant.qmath import dequantize
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class BiasCorrect(Pass):
                 raise UsageError("bias_correct (analytic) needs the input means that calibrate takes; "
                                  "list calibrate before it")
             weight = ir.constant_value(tensors[point.tensor])
-            error = fake_quantize(weight, point.scale, point.zero_point, point.grid, point.axis) - weight
+            error = _as_quantized_weight(point, weight) - weight
             shifts[node.name] = _weight_error_shift(node, error.astype(np.float64), mean)
         return shifts
 
@@ -102,21 +102,25 @@ def _with_quantized_copies(graph: gs.Graph, layers: list[tuple[gs.Node, QuantPoi
     by_name = {node.name: node for node in view.nodes}
     compared = {}
     quantized_inputs: dict[str, gs.Tensor] = {}   # one copy per input, however many layers read it
-    tensors = view.tensors()
+    tensors, weights = view.tensors(), graph.tensors()
     for node, weight in layers:
         own = by_name[node.name]
         source = own.inputs[0]
         if source.name not in quantized_inputs:
             quantized_inputs[source.name] = _as_quantized(view, tensors, node.inputs[0], ctx) or source
         source = quantized_inputs[source.name]
-        values = ir.constant_value(graph.tensors()[weight.tensor])
-        quantized = fake_quantize(values, weight.scale, weight.zero_point, weight.grid, weight.axis)
+        quantized = _as_quantized_weight(weight, ir.constant_value(weights[weight.tensor]))
         inputs = [source, gs.Constant(f"{node.name}/weight_as_quantized", quantized), *own.inputs[2:]]
         copy_out = gs.Variable(f"{node.name}/as_quantized", dtype=np.float32)
         view.nodes.append(gs.Node(own.op, f"{node.name}/as_quantized", dict(own.attrs), inputs, [copy_out]))
         compared[node.name] = (own.outputs[0].name, copy_out.name)
     view.toposort()
     return view, compared
+
+
+def _as_quantized_weight(point: QuantPoint, values: np.ndarray) -> np.ndarray:
+    """The weight as DequantizeLinear gives it back, from the integers the point keeps for the emitters."""
+    return dequantize(point.quantized(values), point.scale, point.zero_point, point.axis)
 
 
 def _as_quantized(view: gs.Graph, tensors: dict[str, gs.Tensor], quantized_input: gs.Tensor,
@@ -147,8 +151,9 @@ def _fake_quantized(view: gs.Graph, tensor: gs.Tensor, point: QuantPoint) -> gs.
     zero_point = gs.Constant(f"{tensor.name}/bias_correct_zero_point", point.zero_point)
     quantized = gs.Variable(f"{tensor.name}/bias_correct_q", dtype=point.grid.container)
     restored = gs.Variable(f"{tensor.name}/bias_correct_dq", dtype=np.float32)
-    view.nodes += [gs.Node("QuantizeLinear", quantized.name, inputs=[tensor, scale, zero_point], outputs=[quantized]),
-                   gs.Node("DequantizeLinear", restored.name, inputs=[quantized, scale, zero_point], outputs=[restored])]
+    view.nodes += [
+        gs.Node("QuantizeLinear", quantized.name, inputs=[tensor, scale, zero_point], outputs=[quantized]),
+        gs.Node("DequantizeLinear", restored.name, inputs=[quantized, scale, zero_point], outputs=[restored])]
     if not point.grid.narrower_than_container:
         return restored
     # a grid narrower than its 8-bit container saturates at its own bounds, as the compiled graph's Clip does

@@ -122,8 +122,9 @@ class ErrorModel:
     as uniform over a step (``s^2 / 12``), except within half a step of 0,
     where it rounds to 0 (a ReLU's zeros are exact); a value beyond the clamp
     range by its distance to the last level. Both exact distances integrate
-    over the bin: ``(c - p)^2 + w^2 / 12`` for a bin of centre c and width w. The scale, zero point and clamp range
-    of a candidate come from ``qparams`` on the grid, so power-of-two scales,
+    over the bin: ``(c - p)^2 + w^2 / 12`` for a bin of centre c and width w.
+    The scale, zero point and clamp range of a candidate come from ``qparams``
+    on the grid, so power-of-two scales,
     zero-point rounding and reduce_range are what is measured. Running sums
     over the bins make every candidate cost a binary search, so searches can
     be exhaustive.

@@ -163,12 +163,16 @@ class Observer:
             sampled, tap.values = _even_subsample(tensor, tap.size)
             nodes += sampled
         self.outputs += [node.outputs[0] for node in nodes if node.outputs[0].name in _names(tap)]
-        producer = ir.producer(tensor)
-        key = id(producer) if producer is not None else None
-        self.after[key] = nodes + self.after.get(key, [])
+        self._run_after(tensor, nodes)
         if tap.values == tensor.name:
             self.outputs.append(tensor)
         return tap
+
+    def _run_after(self, tensor: gs.Tensor, nodes: list[gs.Node]) -> None:
+        """Schedule ``nodes`` (which read ``tensor``) right after its producer."""
+        producer = ir.producer(tensor)
+        key = id(producer) if producer is not None else None
+        self.after[key] = nodes + self.after.get(key, [])
 
     def _channel_mean(self, tensor: gs.Tensor, axis: int) -> tuple[str, int]:
         """The output that holds each sample's channel means (or more), and the axis of its channels."""
@@ -182,9 +186,7 @@ class Observer:
         else:
             axes = [a for a in range(1, rank) if a != axis % rank]
             node = _reduction(self.view, "ReduceMean", tensor, f"{tensor.name}/channel_mean", axes)
-        producer = ir.producer(tensor)
-        key = id(producer) if producer is not None else None
-        self.after[key] = [node] + self.after.get(key, [])
+        self._run_after(tensor, [node])
         self.outputs.append(node.outputs[0])
         return node.outputs[0].name, 1
 

@@ -29,8 +29,7 @@ MSE_COARSE = 16      # every 16th first, then each one near the best
 
 def weight_range(values: np.ndarray, axis: int | None) -> Range:
     """Min and max of a weight, per channel along ``axis`` or over the whole tensor."""
-    rows = _rows(values, axis)
-    lo, hi = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
+    lo, hi = _extrema(_rows(values, axis))
     return (lo, hi) if axis is not None else (lo.reshape(()), hi.reshape(()))
 
 
@@ -41,15 +40,18 @@ def estimate_weight(config: WeightEstimatorConfig, spec: QuantizerSpec, values: 
     refuse_bad_estimator(config, WEIGHT_ESTIMATORS, "weight")
     estimator = WEIGHT_ESTIMATORS[config.estimator]
     rows = _rows(values, axis)
-    g = grid(spec, resolve_signed(spec, np.asarray(rows.min())))
+    row_lo, row_hi = _extrema(rows)   # read once: a weight may be hundreds of MB
+    g = grid(spec, resolve_signed(spec, np.asarray(row_lo.min())))
     if axis is None:
-        lo, hi = _bounded(estimator, rows, config, spec, g)
+        lo, hi = _bounded(estimator, rows, row_lo, row_hi, config, spec, g)
         return lo.reshape(()), hi.reshape(())
     groups = spec.channel_groups or len(rows)
     if groups >= len(rows):
-        return _bounded(estimator, rows, config, spec, g)
-    ranges = [_bounded(estimator, group.reshape(1, -1), config, spec, g) for group in np.array_split(rows, groups)]
-    sizes = [len(group) for group in np.array_split(rows, groups)]
+        return _bounded(estimator, rows, row_lo, row_hi, config, spec, g)
+    parts = np.array_split(np.arange(len(rows)), groups)
+    ranges = [_bounded(estimator, rows[part].reshape(1, -1), row_lo[part].min(keepdims=True),
+                       row_hi[part].max(keepdims=True), config, spec, g) for part in parts]
+    sizes = [len(part) for part in parts]
     return (np.repeat([lo[0] for lo, _ in ranges], sizes), np.repeat([hi[0] for _, hi in ranges], sizes))
 
 
@@ -60,22 +62,27 @@ def _rows(values: np.ndarray, axis: int | None) -> np.ndarray:
     return np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
 
 
-def _bounded(estimator: Callable, rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec,
-             g: Grid) -> Range:
-    lo, hi = estimator(rows, config, spec, g)
-    row_lo, row_hi = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-    return np.maximum(lo, row_lo), np.minimum(hi, row_hi)
-
-
-def _minmax(rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec, g: Grid) -> Range:
+def _extrema(rows: np.ndarray) -> Range:
     return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
 
 
-def _mse(rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec, g: Grid) -> Range:
-    lo, hi = _minmax(rows, config, spec, g)
-    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+def _bounded(estimator: Callable, rows: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray,
+             config: WeightEstimatorConfig, spec: QuantizerSpec, g: Grid) -> Range:
+    """The estimator's range for each row, never beyond the row's own min and max."""
+    lo, hi = estimator(rows, row_lo, row_hi, config, spec, g)
+    return np.maximum(lo, row_lo), np.minimum(hi, row_hi)
 
-    def errors(steps: np.ndarray) -> np.ndarray:   # (len(steps), rows)
+
+def _minmax(rows: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray, config: WeightEstimatorConfig,
+            spec: QuantizerSpec, g: Grid) -> Range:
+    return row_lo, row_hi
+
+
+def _mse(rows: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray, config: WeightEstimatorConfig,
+         spec: QuantizerSpec, g: Grid) -> Range:
+    lo, hi = np.minimum(row_lo, 0.0), np.maximum(row_hi, 0.0)
+
+    def errors(steps: np.ndarray) -> np.ndarray:   # (len(steps), rows); a step per candidate, or per candidate and row
         return np.stack([_squared_error(rows, lo * step / MSE_STEPS, hi * step / MSE_STEPS, spec, g)
                          for step in steps])
 
@@ -83,8 +90,7 @@ def _mse(rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec, g
     best = coarse[np.argmin(errors(coarse), axis=0)]
     offsets = np.arange(-MSE_COARSE + 1, MSE_COARSE)
     fine = np.clip(best[None, :] + offsets[:, None], 1, MSE_STEPS)          # (offsets, rows)
-    fine_errors = np.stack([_squared_error(rows, lo * f / MSE_STEPS, hi * f / MSE_STEPS, spec, g) for f in fine])
-    chosen = fine[np.argmin(fine_errors, axis=0), np.arange(len(rows))] / MSE_STEPS
+    chosen = fine[np.argmin(errors(fine), axis=0), np.arange(len(rows))] / MSE_STEPS
     return lo * chosen, hi * chosen
 
 
@@ -97,19 +103,22 @@ def _squared_error(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: Quant
     return np.square((q - zero_point) * scale - rows).sum(axis=1, dtype=np.float64)
 
 
-def _norm(rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec, g: Grid) -> Range:
+def _norm(rows: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray, config: WeightEstimatorConfig,
+          spec: QuantizerSpec, g: Grid) -> Range:
     levels = g.qmax if spec.symmetric or g.signed else g.qmax - g.qmin
     amax = 2 * np.abs(rows).mean(axis=1, dtype=np.float64) * np.sqrt(levels)
     return -amax, amax
 
 
-def _meanstd(rows: np.ndarray, config: WeightEstimatorConfig, spec: QuantizerSpec, g: Grid) -> Range:
+def _meanstd(rows: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray, config: WeightEstimatorConfig,
+             spec: QuantizerSpec, g: Grid) -> Range:
     k = config.k if config.k is not None else 3.0
     mean, std = rows.mean(axis=1, dtype=np.float64), rows.std(axis=1, dtype=np.float64)
     return mean - k * std, mean + k * std
 
 
-WEIGHT_ESTIMATORS: dict[str, Callable[[np.ndarray, WeightEstimatorConfig, QuantizerSpec, Grid], Range]] = {
+# each: (rows, row minima, row maxima, config, spec, grid) -> (lo, hi) per row
+WEIGHT_ESTIMATORS: dict[str, Callable[..., Range]] = {
     "minmax": _minmax,
     "mse": _mse,
     "norm": _norm,

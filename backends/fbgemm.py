@@ -37,12 +37,13 @@ from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
 from qcompiler.graph import ir
 from qcompiler.graph.ops import CLAMP_OPS, DATA_MOVEMENT_OPS, WEIGHTED_OPS, weight_axis
+from qcompiler.quant import regions
 from qcompiler.quant.plan import QuantPlan, QuantPoint
-from qcompiler.quant.qmath import quantize
+from qcompiler.quant.regions import clamp_bounds, clamped_grid
+from qcompiler.quant.rounding import INT32_MAX, INT32_MIN, saturated_int32
 
 FLOAT_OUTPUT_OPS = ("Gemm", "MatMul")  # QGemm / MatMulIntegerToFloat return float
 INTEGER_KERNEL_OPS = ("Conv", "Gemm", "MatMul")  # onnxruntime's CPU provider has no integer ConvTranspose
-INT32 = np.iinfo(np.int32)
 # MLAS's symmetric u8s8 convolution (onnxruntime x86) takes a group-1 Conv whose input channels
 # are a multiple of 4 and whose output channels are a multiple of 8, at least 16 (convsym.cpp)
 FAST_CONV_INPUT_MULTIPLE = 4
@@ -86,18 +87,16 @@ def clip_in_integers(graph: gs.Graph, plan: QuantPlan, names: ir.GraphNames) -> 
     nodes = {node.name: node for node in graph.nodes}
     for point in plan.activations():
         quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
-        low, high = point.grid.clamp
         fused = _fused_activation(graph, quant)
+        output = clamped_grid(point, clamp_bounds(fused) if fused is not None else (None, None))
         if fused is not None:
-            bound_low, bound_high = _clip_bounds(fused)
-            low, high = _tighter(point, low, high, bound_low, bound_high)
             quant.inputs[0] = fused.inputs[0]
         float_clip = nodes[point.nodes[2]] if len(point.nodes) > 2 else None
         if float_clip is not None:
             ir.replace_uses(float_clip.outputs[0], dequant.outputs[0])
         info = np.iinfo(point.grid.container)
-        if (low, high) != (info.min, info.max):
-            _insert_integer_clip(graph, quant, low, high, names)
+        if (output.low, output.high) != (info.min, info.max):
+            _insert_integer_clip(graph, quant, output.low, output.high, names)
 
 
 def _fused_activation(graph: gs.Graph, quant: gs.Node) -> gs.Node | None:
@@ -107,40 +106,7 @@ def _fused_activation(graph: gs.Graph, quant: gs.Node) -> gs.Node | None:
         return None
     if len(producer.outputs[0].outputs) != 1 or ir.is_graph_output(graph, producer.outputs[0]):
         return None
-    if producer.op == "Clip" and _clip_bounds(producer) is None:
-        return None
-    return producer
-
-
-def _clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
-    """A Relu's or Clip's (low, high); None if a bound is not a constant. Absent bounds are None."""
-    if node.op == "Relu":
-        return 0.0, None
-    if len(node.inputs) == 1 and ("min" in node.attrs or "max" in node.attrs):  # Clip before opset 11
-        return node.attrs.get("min"), node.attrs.get("max")
-    bounds = []
-    for index in (1, 2):
-        if index >= len(node.inputs) or not node.inputs[index].name:
-            bounds.append(None)
-            continue
-        value = ir.constant_value(node.inputs[index])
-        if value is None:
-            return None
-        bounds.append(float(value))
-    return bounds[0], bounds[1]
-
-
-def _tighter(point: QuantPoint, low: int, high: int,
-             bound_low: float | None, bound_high: float | None) -> tuple[int, int]:
-    """[low, high] narrowed to the quantized bounds of a fused Relu/Clip."""
-    def quantized(bound: float) -> int:
-        return int(quantize(np.float32(bound), point.scale, point.zero_point, point.grid))
-
-    if bound_low is not None:
-        low = max(low, quantized(bound_low))
-    if bound_high is not None:
-        high = min(high, quantized(bound_high))
-    return low, max(low, high)
+    return producer if clamp_bounds(producer) is not None else None
 
 
 def _insert_integer_clip(graph: gs.Graph, quant: gs.Node, low: int, high: int, names: ir.GraphNames) -> None:
@@ -157,16 +123,8 @@ def _insert_integer_clip(graph: gs.Graph, quant: gs.Node, low: int, high: int, n
 def sink_dequantize(graph: gs.Graph, names: ir.GraphNames) -> None:
     """DQ -> data-movement op becomes op -> DQ: the op moves integers and its reader sees a DQ."""
     for node in list(graph.nodes):  # topological order: a chain of such ops sinks the DQ to its end
-        dequant = ir.producer(node.inputs[0]) if node.op in DATA_MOVEMENT_OPS and node.inputs else None
-        if dequant is None or dequant.op != "DequantizeLinear" or _per_channel(dequant):
-            continue
-        result = node.outputs[0]
-        moved = gs.Variable(names.tensors.fresh(f"{result.name}/quantized"), dtype=dequant.inputs[0].dtype,
-                            shape=result.shape)
-        node.inputs[0] = dequant.inputs[0]
-        node.outputs[0] = moved
-        graph.nodes.append(gs.Node("DequantizeLinear", names.nodes.fresh(f"{result.name}/dequant"),
-                                   dict(dequant.attrs), [moved, *dequant.inputs[1:]], [result]))
+        if node.op in DATA_MOVEMENT_OPS:
+            regions.sink_dequantize(graph, node, names)
 
 
 def pad_input_channels(graph: gs.Graph, names: ir.GraphNames) -> None:
@@ -241,7 +199,7 @@ def integer_biases(graph: gs.Graph, names: ir.GraphNames) -> None:
         if scale is None:
             continue
         bias = node.inputs[2]
-        values = np.clip(np.rint(ir.constant_value(bias) / scale), INT32.min, INT32.max).astype(np.int32)
+        values, _ = saturated_int32(ir.constant_value(bias).astype(np.float64) / scale.astype(np.float64))
         integers = gs.Constant(names.tensors.fresh(f"{bias.name}/int32"), values)
         bias_scale = gs.Constant(names.tensors.fresh(f"{bias.name}/scale"), scale)
         zero_point = gs.Constant(names.tensors.fresh(f"{bias.name}/zero_point"), np.zeros(scale.shape, np.int32))
@@ -296,11 +254,26 @@ def check(model: onnx.ModelProto | gs.Graph, backend: BackendConfig | None = Non
     violations += constraint_violations(view, backend)
     weighted = view.weighted_nodes()
     fused = 0
+    notes = []
     for node in weighted:
         found = _fusion_violations(view, node)
         violations += found
         fused += not found and _runs_in_int8(view, node)
-    return CheckReport(violations, fused, len(weighted))
+        notes += _saturated_bias(view, node)
+    return CheckReport(violations, fused, len(weighted), notes)
+
+
+def _saturated_bias(view: QdqView, node: gs.Node) -> list[str]:
+    """A note for an int32 bias with values at int32's limits: a bias that did not fit, saturated."""
+    dequant = view.dequantized_input(node, 2) if len(node.inputs) > 2 and node.inputs[2].name else None
+    bias = ir.constant_value(dequant.node.inputs[0]) if dequant is not None else None
+    if bias is None or bias.dtype != np.int32:
+        return []
+    count = int(np.count_nonzero((bias == INT32_MIN) | (bias == INT32_MAX)))
+    if not count:
+        return []
+    return [f"{node.name}: {count} of its {bias.size} int32 biases saturate (the bias does not fit at s_x * s_w); "
+            "the layer loses the excess"]
 
 
 def _fusion_violations(view: QdqView, node: gs.Node) -> list[str]:

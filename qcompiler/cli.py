@@ -32,6 +32,7 @@ from qcompiler.emit.emitters import EmitOption
 from qcompiler.emit.registry import checkers
 from qcompiler.errors import QCompileError, UsageError, first_line
 from qcompiler.graph.ops import is_quantized_op
+from qcompiler.measure.deployment_gap import summary as gap_summary
 from qcompiler.pipeline.manager import format_stats
 
 PROG = "qcompile"
@@ -331,6 +332,8 @@ def _print_summary(args: argparse.Namespace, result) -> None:
         else:
             print(f"  {record.label:<24} {record.status}")
     print("wrote " + ", ".join(str(path) for path in result.outputs))
+    if result.report is not None and "deployment_gap" in result.report:
+        print(gap_summary(result.report["deployment_gap"]) + " (report.json: deployment_gap)")
     print(summary_line(result))
 
 

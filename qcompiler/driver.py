@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import backend_label, load_backend
-from qcompiler.config.schema import SchemaError
+from qcompiler.config.schema import SchemaError, to_plain
 from qcompiler.data.images import Preprocess
 from qcompiler.data.sources import CalibrationData, InputSpec, open_data
 from qcompiler.emit.emitters import BoundEmitter, Compiled, EmitOption
@@ -31,6 +31,7 @@ from qcompiler.graph.importer import import_model, load_model, refuse_unsupporte
 from qcompiler.graph.ops import WEIGHTED_OPS
 from qcompiler.graph.serialize import save_model, skeleton_model
 from qcompiler.graph.verify import check_model
+from qcompiler.measure.deployment_gap import deployment_gap
 from qcompiler.measure.report import layer_outputs, make_report, qparams_json, to_json
 from qcompiler.passes import registry
 from qcompiler.pipeline.instruments import DumpInstrument, PrintInstrument
@@ -92,13 +93,14 @@ def bind_backend(config: BackendConfig, label: str, emit_options: Sequence[EmitO
 @dataclass
 class CompileResult:
     backend: BackendConfig
-    graph: gs.Graph          # the last stage's graph (model.qdq.onnx once calibrated)
+    graph: gs.Graph          # the last fake-quant stage's graph (model.qdq.onnx once calibrated)
     float_graph: gs.Graph    # the last float stage's (model.onnx)
     records: list[StageRecord]
     ctx: PassContext
     outputs: list[Path]                   # what was written
     files: dict[str, Payload] = field(default_factory=dict)   # what would have been, for out=None
     report: dict[str, Any] | None = None   # report.json's content, once made
+    integer_graph: gs.Graph | None = None  # the lowering passes' result (model.int.onnx), if any ran
 
     def quantized_ops(self) -> tuple[int, int]:
         """How many weighted ops (an op of WEIGHTED_OPS with a constant weight) have their weight quantized."""
@@ -148,8 +150,10 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
                                     seconds=time.perf_counter() - start)
         graph = manager.run(graph, ctx, import_record)
         records = [import_record, *manager.records]
-        result = CompileResult(backend, graph, float_keeper.graph, records, ctx, [])
-        outputs = _checked(_outputs(result, bound.emitters), verified=[graph, float_keeper.graph])
+        lowered = ctx.fake_quant is not None
+        result = CompileResult(backend, ctx.fake_quant if lowered else graph, float_keeper.graph, records, ctx, [],
+                               integer_graph=graph if lowered else None)
+        outputs = _checked(_outputs(result, bound.emitters), verified=[graph, result.graph, float_keeper.graph])
         if out is None:
             result.files = dict(outputs)
         else:
@@ -237,12 +241,17 @@ def _outputs(result: CompileResult, emitters: list[BoundEmitter]) -> Iterator[tu
     yield "model.onnx", float_graph
     if ctx.plan and all(p.calibrated for p in ctx.plan.points.values()):
         yield "model.qdq.onnx", graph
+        if result.integer_graph is not None:
+            yield "model.int.onnx", result.integer_graph
         yield "qparams.json", qparams_json(ctx.plan, backend)
         if ctx.calibration_data is not None:
             feed = ctx.calibration_data.head(REPORT_SAMPLES)
             samples = next((r.stats.get("samples", 0) for r in result.records if r.name == "calibrate"), 0)
             result.report = make_report(backend, ctx.plan, float_graph, graph, layer_outputs(graph, ctx.plan), feed,
                                         samples, ctx.warnings)
+            if result.integer_graph is not None:
+                result.report["deployment_gap"] = deployment_gap(float_graph, graph, result.integer_graph, feed,
+                                                                 to_plain(result.backend.arithmetic))
             yield "report.json", to_json(result.report)
         yield from emit_all(Compiled(ctx.backend, ctx.plan, graph, float_graph), emitters).items()
     yield "pipeline.txt", pipeline_text(backend, result.records)

@@ -47,7 +47,7 @@ def test_table1_settings():
     assert academic.quantizers["activation"].signedness == "adaptive"
     assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales", "bias_correct"]
     assert [e.name for e in trt.pipeline] == ["fold_bn", "insert_quantizers", "calibrate", "share_scales",
-                                              "bias_correct"]
+                                              "bias_correct", "integer_weights", "integer_ops", "fuse_requant"]
     assert [layer.match.position for layer in academic.layers] == ["first_weighted", "last_weighted"]
 
 

@@ -21,8 +21,8 @@ def test_compile_writes_model_and_pipeline(capsys, model_path, calib, tmp_path):
     code, out, err = qcompile(capsys, model_path, "--backend", "tensorrt", "--out", tmp_path / "out", "--calib", calib)
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "calibration.cache", "dynamic_range.json", "model.onnx", "model.qdq.onnx", "model.trt.onnx",
-        "pipeline.txt", "qparams.json", "report.json"]
+        "calibration.cache", "dynamic_range.json", "model.int.onnx", "model.onnx", "model.qdq.onnx",
+        "model.trt.onnx", "pipeline.txt", "qparams.json", "report.json"]
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert {n.op_type for n in model.graph.node} == {"Conv", "Relu", "Add"}  # the float model, BN folded
     assert "001 fold_bn: ran, changed" in (tmp_path / "out" / "pipeline.txt").read_text()
@@ -40,7 +40,7 @@ def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
                           "--calib", calib)
     assert code == 0
     stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales",
-              "005_bias_correct"]
+              "005_bias_correct", "006_integer_weights", "007_integer_ops", "008_fuse_requant"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
         + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])
@@ -51,7 +51,7 @@ def test_same_inputs_same_bytes(capsys, model_path, calib, tmp_path):
     for run in ("a", "b"):
         assert qcompile(capsys, model_path, "-b", "tvm", "-o", tmp_path / run, "--dump-dir", tmp_path / f"d{run}",
                         "--calib", calib)[0] == 0
-    for name in ("model.onnx", "model.qdq.onnx", "qparams.json", "report.json", "pipeline.txt"):
+    for name in ("model.onnx", "model.qdq.onnx", "model.int.onnx", "qparams.json", "report.json", "pipeline.txt"):
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name)
     for name in ("000_import.onnx", "001_fold_bn.onnx", "004_share_scales.qir", "quant_plan.yaml"):
         assert digest(tmp_path / "da" / name) == digest(tmp_path / "db" / name)
@@ -99,7 +99,8 @@ def test_listing_and_showing(capsys):
         ["academic", "acl", "fbgemm", "snpe", "tensorrt", "tvm"]
     code, out, _ = qcompile(capsys, "--list-passes")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
-        ["bias_correct", "calibrate", "fold_bn", "insert_quantizers", "share_scales"]
+        ["bias_correct", "calibrate", "fold_bn", "fuse_requant", "insert_quantizers", "integer_ops",
+         "integer_weights", "share_scales"]
     code, out, _ = qcompile(capsys, "--show-backend", "tvm", "--set", "quantizers.weight.bits=4")
     assert code == 0 and yaml.safe_load(out)["quantizers"]["weight"]["bits"] == 4
 
@@ -111,7 +112,7 @@ def test_listing_and_showing(capsys):
     (["{model}", "-b", "tensorrtt", "-o", "{tmp}/o"], 2, "unknown backend 'tensorrtt'"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "align_channels"], 2,
      "--print-after align_channels: not in this backend's pipeline (fold_bn, insert_quantizers, calibrate, "
-     "share_scales, bias_correct)"),
+     "share_scales, bias_correct, integer_weights, integer_ops, fuse_requant)"),
     (["{model}", "-b", "academic", "-o", "{tmp}/o", "--stop-after", "fold_bn"], 2,
      "--stop-after fold_bn: not in this backend's pipeline (insert_quantizers"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--set", "scheme=9"], 2, "backend tensorrt: scheme: 9 is not one of"),
@@ -272,9 +273,10 @@ def test_a_compile_in_memory_makes_every_file_and_writes_none(model_path, calib,
     before = sorted(tmp_path.rglob("*"))
     result = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=None, calib=str(calib)))
     assert sorted(tmp_path.rglob("*")) == before and result.outputs == []
-    assert sorted(result.files) == ["calibration.cache", "dynamic_range.json", "model.onnx", "model.qdq.onnx",
-                                    "model.trt.onnx", "pipeline.txt", "qparams.json", "report.json"]
+    assert sorted(result.files) == ["calibration.cache", "dynamic_range.json", "model.int.onnx", "model.onnx",
+                                    "model.qdq.onnx", "model.trt.onnx", "pipeline.txt", "qparams.json", "report.json"]
     assert result.files["model.qdq.onnx"] is result.graph and result.files["model.onnx"] is result.float_graph
+    assert result.files["model.int.onnx"] is result.integer_graph
     written = compile_model(CompileRequest(model=model_path, backend="tensorrt", out=tmp_path / "o", calib=str(calib)))
     assert (tmp_path / "o" / "qparams.json").read_text() == result.files["qparams.json"]
     assert [p.name for p in written.outputs] == list(result.files)

@@ -167,6 +167,30 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class ArithmeticConfig:
+    """How the backend's integer kernels compute (BACKENDS.md section 5): what the lowering passes reproduce.
+
+    The defaults are onnxruntime's (MLAS, onnxruntime/core/mlas/lib/quantize.cpp):
+    an int32 accumulator with an int32 bias, times a float32 multiplier, rounded
+    half to even.
+    """
+
+    # float32: y = round(acc * float32(s_x * s_w / s_y)); fixed_point: M0 * 2^(shift - 31), M0 an int32 (TFLite);
+    # shift: every multiplier a power of two, y = acc / 2^n rounded in integers (relay.quantize)
+    multiplier: Literal["float32", "fixed_point", "shift"] = "float32"
+    # half_even, half_away (from zero), half_up (toward +inf: TFLite's single rounding, TVM's UPWARD), floor,
+    # or double: gemmlowp's SaturatingRoundingDoublingHighMul + RoundingDivideByPOT (fixed_point only)
+    rounding: Literal["half_even", "half_away", "half_up", "floor", "double"] = "half_even"
+    # int32: round(b / (s_x * s_w)) joins the accumulator, saturated; float: added in float before rounding
+    bias: Literal["int32", "float"] = "int32"
+    # onnx: round(w / s) + z; unsigned_offset: round((w - min) / s) in float32 on the unsigned grid, as
+    # Qualcomm's converter and AIMET quantize weights (BACKENDS.md section 6)
+    weights: Literal["onnx", "unsigned_offset"] = "onnx"
+    # how an average pool's sum becomes its output integer (with the multiplier form above)
+    pooling: Literal["half_even", "half_away", "half_up", "floor"] = "half_even"
+
+
+@dataclass(frozen=True)
 class PipelineEntry:
     """A pass (or, as EmitEntry, an emitter) by name, with options; a bare name is the short form."""
 
@@ -200,6 +224,7 @@ class BackendConfig:
     ops: dict[str, OpRule] = field(default_factory=dict)
     layers: list[LayerOverride] = field(default_factory=list)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     pipeline: list[PipelineEntry] = field(default_factory=list)
     emit: list[EmitEntry] = field(default_factory=list)
 

@@ -18,6 +18,7 @@ from qcompiler.config.backend import (
     MAX_BITS,
     MIN_BITS,
     WEIGHT_ESTIMATOR_PARAMETERS,
+    ArithmeticConfig,
     BackendConfig,
     CalibrationConfig,
     EstimatorConfig,
@@ -43,6 +44,7 @@ def validate(config: BackendConfig) -> None:
     for index, layer in enumerate(config.layers):
         _validate_layer(layer, f"layers[{index}]")
     _validate_calibration(config.calibration)
+    _validate_arithmetic(config.arithmetic)
     for use in spec_uses(config):
         problem = constraint_problem(config, use)
         if problem:
@@ -197,6 +199,13 @@ def _validate_calibration(calibration: CalibrationConfig) -> None:
         raise SchemaError(f"calibration.batch_size is {calibration.batch_size}; give a positive number or auto")
     if calibration.size is not None and calibration.size < 1:
         raise SchemaError(f"calibration.size is {calibration.size}; give a positive number of samples")
+
+
+def _validate_arithmetic(arithmetic: ArithmeticConfig) -> None:
+    if arithmetic.rounding == "double" and arithmetic.multiplier != "fixed_point":
+        raise SchemaError(f"arithmetic.rounding double is gemmlowp's fixed-point rounding; with multiplier "
+                          f"{arithmetic.multiplier} give half_even, half_away, half_up or floor "
+                          "(or multiplier: fixed_point)")
 
 
 def _require_estimator(config: EstimatorConfig | WeightEstimatorConfig, path: str) -> None:

@@ -15,6 +15,7 @@ registry that finds emitters by that name is ``emit.registry``.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -26,6 +27,8 @@ from qcompiler.config.backend import BackendConfig
 from qcompiler.emit.qdq_view import CheckReport
 from qcompiler.errors import QCompileError
 from qcompiler.quant.plan import QuantPlan
+
+log = logging.getLogger("qcompiler")
 
 Files = dict[str, "bytes | str | gs.Graph"]
 Checker = Callable[["onnx.ModelProto | gs.Graph", BackendConfig], CheckReport]
@@ -62,6 +65,8 @@ class BoundEmitter:
 def checked(graph: gs.Graph, file_name: str, backend: BackendConfig, check: Checker) -> gs.Graph:
     """``graph``, once ``check`` finds no violation of ``backend``'s rules in it."""
     report = check(graph, backend)
+    for note in report.notes:
+        log.warning("%s: %s", file_name, note)
     if report.violations:
         raise QCompileError(f"{file_name} breaks a {backend.name} rule: {report.violations[0]} "
                             f"({len(report.violations)} in all; run qcompile check --backend {backend.name})")

@@ -23,11 +23,14 @@ class CheckReport:
     violations: list[str] = field(default_factory=list)
     int8_ops: int = 0
     weighted_ops: int = 0
+    # what breaks no rule but changes values the backend computes (an int32 bias that saturated, ...)
+    notes: list[str] = field(default_factory=list)
 
     def text(self, backend: str) -> str:
         lines = [f"{backend}: {len(self.violations)} violation(s); "
                  f"{self.int8_ops} of {self.weighted_ops} weighted ops will run in int8"]
-        return "\n".join(lines + [f"  - {v}" for v in self.violations]) + "\n"
+        lines += [f"  - {v}" for v in self.violations] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass

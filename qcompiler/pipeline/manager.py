@@ -135,6 +135,8 @@ class PassManager:
             if violation:
                 raise QCompileError(f"{name} needs {prop.name}; run {prop.established_by} first ({violation})")
         ctx.current_pass = name
+        if step.pass_cls.lowers and ctx.fake_quant is None:
+            ctx.fake_quant = graph.copy()
         start = time.perf_counter()
         try:
             result = step.pass_cls(step.options).run(graph, ctx)

@@ -75,6 +75,8 @@ class PassContext:
     requests: set[str] = field(default_factory=set)
     # per-channel means over the calibration data of weighted ops' float inputs, by tensor (INPUT_MEANS)
     input_means: dict[str, Any] = field(default_factory=dict)
+    # the graph as the first lowering pass found it: the fake-quant model (model.qdq.onnx); None until then
+    fake_quant: gs.Graph | None = None
 
     def explain(self, node: str, applied: bool, reason: str) -> None:
         self.explanations.append(Explanation(self.current_pass, node, applied, reason))
@@ -102,6 +104,9 @@ class Pass:
     Options: ClassVar[type] = NoOptions
     requires: ClassVar[tuple[Property, ...]] = ()
     ensures: ClassVar[tuple[Property, ...]] = ()
+    # a lowering pass turns Q/DQ regions into integer arithmetic: the manager keeps the graph the first one
+    # reads as the fake-quant model (``PassContext.fake_quant``)
+    lowers: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

@@ -28,3 +28,15 @@ def _uncalibrated(graph: gs.Graph, ctx: PassContext) -> str | None:
 
 QUANTIZERS_PLACED = Property("quantizers", "insert_quantizers", _no_quantizers)
 CALIBRATED = Property("calibrated quantizers", "calibrate", _uncalibrated)
+
+
+def _float_weights(graph: gs.Graph, ctx: PassContext) -> str | None:
+    """A weight still quantized at run time: a float initializer read by a QuantizeLinear."""
+    quantized = {p.tensor for p in ctx.plan.weights()}
+    for node in graph.nodes:
+        if node.op == "QuantizeLinear" and node.inputs[0].name in quantized:
+            return f"weight {node.inputs[0].name} is still quantized by {node.name}"
+    return None
+
+
+INTEGER_WEIGHTS = Property("integer weights", "integer_weights", _float_weights)

@@ -32,12 +32,12 @@ import onnx_graphsurgeon as gs
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import load_backend
 from qcompiler.emit.emitters import Compiled, Files, checked
-from qcompiler.emit.integer_weights import integer_weights
 from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
 from qcompiler.graph import ir
 from qcompiler.graph.ops import CLAMP_OPS, DATA_MOVEMENT_OPS, WEIGHTED_OPS, weight_axis
 from qcompiler.quant import regions
+from qcompiler.quant.integer_weights import integer_weights
 from qcompiler.quant.plan import QuantPlan, QuantPoint
 from qcompiler.quant.regions import clamp_bounds, clamped_grid
 from qcompiler.quant.rounding import INT32_MAX, INT32_MIN, saturated_int32

@@ -28,11 +28,11 @@ import onnx_graphsurgeon as gs
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import load_backend
 from qcompiler.emit.emitters import Compiled, Files, checked
-from qcompiler.emit.integer_weights import integer_weights
 from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
 from qcompiler.errors import QCompileError, UsageError
 from qcompiler.graph.ops import is_integer_op
+from qcompiler.quant.integer_weights import integer_weights
 
 log = logging.getLogger(__name__)
 

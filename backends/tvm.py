@@ -16,10 +16,10 @@ import onnx_graphsurgeon as gs
 from qcompiler.config.backend import BackendConfig
 from qcompiler.config.loader import load_backend
 from qcompiler.emit.emitters import Compiled, Files, checked
-from qcompiler.emit.integer_weights import integer_weights
 from qcompiler.emit.qdq_view import CheckReport, QdqView
 from qcompiler.emit.rules import constraint_violations
 from qcompiler.graph.ops import is_integer_op
+from qcompiler.quant.integer_weights import integer_weights
 
 # the integer ops apache-tvm's Relax ONNX frontend imports (0.27: tvm.relax.frontend.onnx's convert map);
 # it has no converter for the others, QLinearConv, QGemm and ConvInteger among them

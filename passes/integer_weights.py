@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
 from qcompiler.pipeline.properties import CALIBRATED, INTEGER_WEIGHTS
+from qcompiler.quant.integer_weights import hold_integer_weights
 from qcompiler.quant.plan import QuantPoint
 from qcompiler.quant.qmath import along_axis
 
@@ -31,24 +32,22 @@ class IntegerWeights(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         form = ctx.backend.arithmetic.weights
-        nodes = {node.name: node for node in graph.nodes}
-        tensors = graph.tensors()
         moved = 0
-        for point in ctx.plan.weights():
-            quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
-            values = tensors[point.tensor].values
-            integers = point.quantized(values)
-            if form == "unsigned_offset":
-                offset = unsigned_offset_integers(values, point)
-                changed = int(np.count_nonzero(offset != integers))
-                moved += changed
-                integers = offset
-                ctx.explain(point.tensor, True, f"{integers.size} integers, {changed} 1 LSB from round(w / s) + z "
-                                                "(round((w - min) / s) on the unsigned grid)")
-            else:
-                ctx.explain(point.tensor, True, f"{integers.size} integers, round(w / s) + z")
-            dequant.inputs[0] = gs.Constant(quant.outputs[0].name, integers)
-            quant.outputs.clear()
+
+        def integers(point: QuantPoint, values: np.ndarray) -> np.ndarray:
+            nonlocal moved
+            onnx_form = point.quantized(values)
+            if form != "unsigned_offset":
+                ctx.explain(point.tensor, True, f"{onnx_form.size} integers, round(w / s) + z")
+                return onnx_form
+            offset = unsigned_offset_integers(values, point)
+            changed = int(np.count_nonzero(offset != onnx_form))
+            moved += changed
+            ctx.explain(point.tensor, True, f"{offset.size} integers, {changed} 1 LSB from round(w / s) + z "
+                                            "(round((w - min) / s) on the unsigned grid)")
+            return offset
+
+        hold_integer_weights(graph, ctx.plan, integers)
         return PassResult(changed=bool(ctx.plan.weights()),
                           stats={"weights": len(ctx.plan.weights()), "moved_by_rounding": moved})
 

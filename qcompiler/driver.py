@@ -47,6 +47,9 @@ from qcompiler.pipeline.pass_base import PassContext
 
 # how many calibration samples report.json compares float and quantized on
 REPORT_SAMPLES = 4
+# the deployment gap's samples: the integer model runs ConvInteger and its requantization as separate ops,
+# 18x the float model's time on MobileNetV2 (benchmarks/deployment_gap.py measures it on 93 photos)
+GAP_SAMPLES = 2
 # what an output file holds: a model's graph, or text or bytes
 Payload = bytes | str | gs.Graph
 
@@ -250,7 +253,8 @@ def _outputs(result: CompileResult, emitters: list[BoundEmitter]) -> Iterator[tu
             result.report = make_report(backend, ctx.plan, float_graph, graph, layer_outputs(graph, ctx.plan), feed,
                                         samples, ctx.warnings)
             if result.integer_graph is not None:
-                result.report["deployment_gap"] = deployment_gap(float_graph, graph, result.integer_graph, feed,
+                gap_feed = {name: values[:GAP_SAMPLES] for name, values in feed.items()}
+                result.report["deployment_gap"] = deployment_gap(float_graph, graph, result.integer_graph, gap_feed,
                                                                  to_plain(result.backend.arithmetic))
             yield "report.json", to_json(result.report)
         yield from emit_all(Compiled(ctx.backend, ctx.plan, graph, float_graph), emitters).items()

@@ -13,7 +13,7 @@ defines their ops (onnxruntime without its Q/DQ fusions).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -59,21 +59,21 @@ def layer_gaps(fake_quant: gs.Graph, integer: gs.Graph, samples: list[dict[str, 
     return list(gaps.values())
 
 
-def layer_values(fake_quant: gs.Graph, integer: gs.Graph, samples: list[dict[str, np.ndarray]]
-                 ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Per sample, every integer tensor as the fake-quant model computes it and as the integer model does from
-    the fake-quant model's integers."""
+def layer_values(fake_quant: gs.Graph, integer: gs.Graph, samples: list[dict[str, np.ndarray]],
+                 also: Sequence[str] = ()) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Per sample, every integer tensor (and the tensors ``also``) as the fake-quant model computes it, and
+    every integer tensor as the integer model computes it from the fake-quant model's integers."""
     names = list(integer_tensors(fake_quant, integer))
-    if not names:
-        return
-    reference = runtime.graph_session(fake_quant, names, fuse_qdq=False, memory_pattern=False)
+    fetch = names + [name for name in also if name not in names]
+    reference = runtime.graph_session(fake_quant, fetch, fuse_qdq=False, memory_pattern=False)
     computed = [f"{name}/integer" for name in names]
-    fed = runtime.graph_session(_fed_from_outside(integer, names), computed, fuse_qdq=False, memory_pattern=False)
+    fed = runtime.graph_session(_fed_from_outside(integer, names), computed, fuse_qdq=False,
+                                memory_pattern=False) if names else None
     inputs = [t.name for t in integer.inputs]
     for sample in samples:
-        expected = dict(zip(names, reference.run(names, sample)))
-        feed = {**{name: sample[name] for name in inputs}, **expected}
-        yield expected, dict(zip(names, fed.run(computed, feed)))
+        expected = dict(zip(fetch, reference.run(fetch, sample)))
+        feed = {**{name: sample[name] for name in inputs}, **{name: expected[name] for name in names}}
+        yield expected, dict(zip(names, fed.run(computed, feed))) if fed is not None else {}
 
 
 def _fed_from_outside(integer: gs.Graph, names: list[str]) -> gs.Graph:
@@ -90,21 +90,40 @@ def _fed_from_outside(integer: gs.Graph, names: list[str]) -> gs.Graph:
     return graph
 
 
-def end_to_end(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Graph,
-               samples: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-    """Per output, the integer model against the fake-quant model and against float."""
+def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Graph, feed: dict[str, np.ndarray],
+                   arithmetic: dict[str, Any]) -> dict[str, Any]:
+    """report.json's ``deployment_gap``: per layer and end to end, on the samples of ``feed`` one at a time.
+
+    Four sessions: the fake-quant model (its integer tensors and outputs in
+    one run), the integer model fed from it, the integer model on its own and
+    the float model.
+    """
+    count = len(next(iter(feed.values())))
+    samples = [{name: values[i:i + 1] for name, values in feed.items()} for i in range(count)]
     outputs = [t.name for t in float_graph.outputs]
-    sessions = [runtime.graph_session(g, outputs, fuse_qdq=False, memory_pattern=False)
-                for g in (float_graph, fake_quant, integer)]
-    against_fake = [OutputAgreement(name) for name in outputs]
-    against_float = [OutputAgreement(name) for name in outputs]
-    for sample in samples:
-        floats, fakes, integers = (session.run(outputs, sample) for session in sessions)
-        for agreement, reference, actual in zip(against_fake, fakes, integers):
-            agreement.update(reference, actual)
-        for agreement, reference, actual in zip(against_float, floats, integers):
-            agreement.update(reference, actual)
-    return [_output_entry(fake, flt) for fake, flt in zip(against_fake, against_float)]
+    gaps = {name: LayerGap(name, node) for name, node in integer_tensors(fake_quant, integer).items()}
+    against_fake, against_float = [OutputAgreement(n) for n in outputs], [OutputAgreement(n) for n in outputs]
+    ends = [runtime.graph_session(g, outputs, fuse_qdq=False, memory_pattern=False) for g in (float_graph, integer)]
+    for sample, (expected, actual) in zip(samples, layer_values(fake_quant, integer, samples, outputs)):
+        for name, gap in gaps.items():
+            gap.add(expected[name], actual[name])
+        floats, integers = (session.run(outputs, sample) for session in ends)
+        for index, name in enumerate(outputs):
+            against_fake[index].update(expected[name], integers[index])
+            against_float[index].update(floats[index], integers[index])
+    layers = list(gaps.values())
+    values = sum(g.values for g in layers)
+    return {
+        "arithmetic": arithmetic,
+        "differs_from_qdq": differences(arithmetic),
+        "samples": count,
+        "layers": len(layers),
+        "max_lsb": max((g.max_lsb for g in layers), default=0),
+        "exact_share": round(sum(g.exact for g in layers) / values, 6) if values else 1.0,
+        "per_layer": [{"tensor": g.tensor, "node": g.node, "max_lsb": g.max_lsb,
+                       "exact_share": round(g.exact_share, 6)} for g in layers],
+        "outputs": [_output_entry(fake, flt) for fake, flt in zip(against_fake, against_float)],
+    }
 
 
 def _output_entry(fake: OutputAgreement, flt: OutputAgreement) -> dict[str, Any]:
@@ -114,26 +133,6 @@ def _output_entry(fake: OutputAgreement, flt: OutputAgreement) -> dict[str, Any]
         entry["top1_vs_fake_quant"] = round(fake.top1 / fake.samples, 4)
         entry["top1_vs_float"] = round(flt.top1 / flt.samples, 4)
     return entry
-
-
-def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Graph, feed: dict[str, np.ndarray],
-                   arithmetic: dict[str, Any]) -> dict[str, Any]:
-    """report.json's ``deployment_gap``: per layer and end to end, on the samples of ``feed`` one at a time."""
-    count = len(next(iter(feed.values())))
-    samples = [{name: values[i:i + 1] for name, values in feed.items()} for i in range(count)]
-    gaps = layer_gaps(fake_quant, integer, samples)
-    values = sum(g.values for g in gaps)
-    return {
-        "arithmetic": arithmetic,
-        "differs_from_qdq": differences(arithmetic),
-        "samples": count,
-        "layers": len(gaps),
-        "max_lsb": max((g.max_lsb for g in gaps), default=0),
-        "exact_share": round(sum(g.exact for g in gaps) / values, 6) if values else 1.0,
-        "per_layer": [{"tensor": g.tensor, "node": g.node, "max_lsb": g.max_lsb,
-                    "exact_share": round(g.exact_share, 6)} for g in gaps],
-        "outputs": end_to_end(float_graph, fake_quant, integer, samples),
-    }
 
 
 TIES = {"half_away": "away from zero", "half_up": "toward +inf", "floor": "down",

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler import runtime
-from qcompiler.emit.integer_weights import integer_weights
+from qcompiler.quant.integer_weights import integer_weights
 from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 FORMAT = "qcompiler.qparams/1"

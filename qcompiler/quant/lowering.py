@@ -22,7 +22,7 @@ from qcompiler.quant.qmath import Grid
 from qcompiler.quant.rounding import INT32_MAX, INT32_MIN, Rounding, quantize_multiplier
 
 ONNX_TYPES = {np.dtype(t): onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t))
-              for t in (np.float32, np.int32, np.int64, np.int8, np.uint8)}
+              for t in (np.float32, np.int32, np.int64, np.int16, np.int8, np.uint8, np.bool_)}
 
 
 @dataclass(frozen=True)

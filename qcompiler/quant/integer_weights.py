@@ -7,20 +7,30 @@ the size.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler.quant.plan import QuantPlan
+from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 
 def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     """A copy of ``graph`` whose quantized weights are integer initializers read by their DQ."""
     graph = graph.copy()
+    hold_integer_weights(graph, plan)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph
+
+
+def hold_integer_weights(graph: gs.Graph, plan: QuantPlan,
+                         integers: Callable[[QuantPoint, np.ndarray], np.ndarray] | None = None) -> None:
+    """In place: each weight's Q -> DQ becomes ``integers(point, values)`` (QuantizeLinear's by default) -> DQ."""
     nodes = {node.name: node for node in graph.nodes}
     tensors = graph.tensors()
     for point in plan.weights():
         quant, dequant = nodes[point.nodes[0]], nodes[point.nodes[1]]
-        integers = gs.Constant(quant.outputs[0].name, point.quantized(tensors[point.tensor].values))
+        values = tensors[point.tensor].values
+        held = point.quantized(values) if integers is None else integers(point, values)
+        dequant.inputs[0] = gs.Constant(quant.outputs[0].name, held)
         quant.outputs.clear()
-        dequant.inputs[0] = integers
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return graph

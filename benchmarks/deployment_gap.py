@@ -57,7 +57,8 @@ def model_section(name: str, photos: list[Path], backends: list[str], work: Path
     held_out = load_batch(photos[1::2], preprocess)
     lines = [f"## {name} ({file})", "",
              "| backend | arithmetic | layers | max LSB | exact values | worst layer (exact) "
-             "| top-1 int vs fake-quant | top-1 int vs float | SQNR int vs fake-quant | SQNR int vs float |",
+             "| top-1 int vs fake-quant | top-1 int vs float (fake-quant vs float) "
+             "| SQNR int vs fake-quant | SQNR int vs float (fake-quant vs float) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for backend in backends:
         result = compile_model(CompileRequest(model=SHARED / "models" / file, backend=backend, out=None,
@@ -71,7 +72,8 @@ def model_section(name: str, photos: list[Path], backends: list[str], work: Path
         lines.append(f"| {backend} | {arithmetic} | {gap['layers']} | {gap['max_lsb']} "
                      f"| {100 * gap['exact_share']:.4f}% | {worst['tensor']} ({100 * worst['exact_share']:.2f}%) "
                      f"| {_percent(output.get('top1_vs_fake_quant'))} | {_percent(output.get('top1_vs_float'))} "
-                     f"| {output['sqnr_db_vs_fake_quant']} dB | {output['sqnr_db_vs_float']} dB |")
+                     f"({_percent(output.get('fake_quant_top1_vs_float'))}) | {output['sqnr_db_vs_fake_quant']} dB "
+                     f"| {output['sqnr_db_vs_float']} dB ({output['fake_quant_sqnr_db_vs_float']} dB) |")
         print(lines[-1], flush=True)
     return lines + [""]
 

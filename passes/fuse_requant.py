@@ -236,8 +236,8 @@ def _unsigned_data(lowering: Lowering, data: Dequantized, unsigned: dict[str, gs
         return data.integers, zero_point
     name = data.integers.name
     if name not in unsigned:
-        wide = lowering.cast(data.integers, np.int16, "input/int16")
-        shifted = lowering.op("Add", [wide, lowering.const("input/offset", SIGNED_TO_UNSIGNED, np.int16)], np.int16,
+        wide = lowering.cast(data.integers, np.int32, "input/int32")   # int16 Add needs opset 14
+        shifted = lowering.op("Add", [wide, lowering.const("input/offset", SIGNED_TO_UNSIGNED, np.int32)], np.int32,
                               "input/offset")
         unsigned[name] = lowering.cast(shifted, np.uint8, "input/uint8")
     return unsigned[name], zero_point + SIGNED_TO_UNSIGNED

@@ -198,7 +198,7 @@ class _FloatModelKeeper:
 
     def after_stage(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None:
         if not ctx.plan:
-            self.graph = graph.copy()
+            self.graph = ir.copy_graph(graph)
 
     def finish(self, records, ctx: PassContext) -> None:
         pass

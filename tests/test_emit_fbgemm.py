@@ -23,6 +23,7 @@ from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.graph import ir
 from qcompiler.measure.report import sqnr_db
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
+from qcompiler.testing.units import conv_units
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_rewrite_computes_exactly_the_qdq_model(shared, mobilenet_photos, tmp_pa
 def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model, mobilenet_photos):
     """Each QLinearConv unit, fed the integers the Q/DQ run gives it, lands within 1 LSB of that run."""
     _, held_out = mobilenet_photos
-    units = _conv_units(int8_model)
+    units = conv_units(int8_model)
     tensors = sorted({t for unit in units for t in unit})
     reference = runtime.session(runtime.with_outputs(int8_model, tensors), optimize=False)
     values = dict(zip(tensors, reference.run(tensors, {"input": held_out[:2]})))
@@ -96,25 +97,6 @@ def test_integer_kernels_match_qdq_semantics_within_one_lsb_per_layer(int8_model
         assert lsb.max() <= 1, result
         exact += np.mean(lsb == 0)
     assert exact / len(units) > 0.99
-
-
-def _conv_units(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(uint8 input, uint8 output) of every DQ -> Conv -> Q [-> integer Clip] unit."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    units = []
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
-        source = producer[conv.input[0]].input[0]
-        (quant,) = readers[conv.output[0]]
-        result = quant.output[0]
-        after = readers.get(result, [])
-        if len(after) == 1 and after[0].op_type == "Clip":
-            result = after[0].output[0]
-        units.append((source, result))
-    return units
 
 
 def test_torch_qparams_carry_every_quantizer_by_module_name(out):

@@ -23,6 +23,7 @@ from qcompiler import runtime
 from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.measure.deployment_gap import layer_gaps, layer_values
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
+from qcompiler.testing.units import conv_units
 
 DEPLOYABLE = ["tensorrt", "snpe", "fbgemm", "tvm", "acl"]
 ONNX_ARITHMETIC = {"tensorrt", "fbgemm", "acl"}   # float32 multipliers rounding half to even, as Q/DQ computes
@@ -95,7 +96,7 @@ def test_mobilenetv2_bit_exact_against_onnxruntime_qlinearconv(shared, mobilenet
     result = compile_model(CompileRequest(model=shared.model("mobilenetv2_bn.onnx"), backend="fbgemm",
                                           out=tmp_path / "out", calib=str(calib), overrides=["arithmetic.bias=int32"]))
     int8_model = onnx.load(str(tmp_path / "out" / "model.int8.onnx"))
-    units = _conv_units(int8_model)
+    units = conv_units(int8_model)
     assert len(units) == 52
     extractor = onnx.utils.Extractor(int8_model)
     kernels = {}
@@ -111,27 +112,6 @@ def test_mobilenetv2_bit_exact_against_onnxruntime_qlinearconv(shared, mobilenet
         for (source, target), kernel in kernels.items():
             (theirs,) = kernel.run(None, {source: inputs[source.removesuffix("/clipped")]})
             np.testing.assert_array_equal(ours[target.removesuffix("/clipped")], theirs, err_msg=target)
-
-
-def _conv_units(model: onnx.ModelProto) -> list[tuple[str, str]]:
-    """(integer input, integer output) of every DQ -> Conv -> Q [-> integer Clip] unit of model.int8.onnx."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    units = []
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
-        source = producer[conv.input[0]].input[0]
-        if source in producer and producer[source].op_type == "Pad":   # the RGB stem, padded to 4 channels
-            source = producer[source].input[0]
-        (quant,) = readers[conv.output[0]]
-        result = quant.output[0]
-        after = readers.get(result, [])
-        if len(after) == 1 and after[0].op_type == "Clip":
-            result = after[0].output[0]
-        units.append((source, result))
-    return units
 
 
 def _big_bias_model() -> onnx.ModelProto:

@@ -24,6 +24,17 @@ def to_model(graph: gs.Graph) -> onnx.ModelProto:
     return gs.export_onnx(graph, do_type_check=False)
 
 
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """``graph.copy()`` with what onnx-graphsurgeon's copy drops: the producer's name and version.
+
+    The copy shares the constants' arrays; a model written from it is the one
+    written from ``graph``, byte for byte.
+    """
+    copied = graph.copy()
+    copied.producer_name, copied.producer_version = graph.producer_name, graph.producer_version
+    return copied
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in DEFAULT_DOMAINS:

@@ -102,7 +102,7 @@ def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Grap
     samples = [{name: values[i:i + 1] for name, values in feed.items()} for i in range(count)]
     outputs = [t.name for t in float_graph.outputs]
     gaps = {name: LayerGap(name, node) for name, node in integer_tensors(fake_quant, integer).items()}
-    against_fake, against_float = [OutputAgreement(n) for n in outputs], [OutputAgreement(n) for n in outputs]
+    against_fake, against_float, fake_against_float = ([OutputAgreement(n) for n in outputs] for _ in range(3))
     ends = [runtime.graph_session(g, outputs, fuse_qdq=False, memory_pattern=False) for g in (float_graph, integer)]
     for sample, (expected, actual) in zip(samples, layer_values(fake_quant, integer, samples, outputs)):
         for name, gap in gaps.items():
@@ -111,6 +111,7 @@ def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Grap
         for index, name in enumerate(outputs):
             against_fake[index].update(expected[name], integers[index])
             against_float[index].update(floats[index], integers[index])
+            fake_against_float[index].update(floats[index], expected[name])
     layers = list(gaps.values())
     values = sum(g.values for g in layers)
     return {
@@ -122,16 +123,18 @@ def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Grap
         "exact_share": round(sum(g.exact for g in layers) / values, 6) if values else 1.0,
         "per_layer": [{"tensor": g.tensor, "node": g.node, "max_lsb": g.max_lsb,
                        "exact_share": round(g.exact_share, 6)} for g in layers],
-        "outputs": [_output_entry(fake, flt) for fake, flt in zip(against_fake, against_float)],
+        "outputs": [_output_entry(*agreements) for agreements in zip(against_fake, against_float, fake_against_float)],
     }
 
 
-def _output_entry(fake: OutputAgreement, flt: OutputAgreement) -> dict[str, Any]:
+def _output_entry(fake: OutputAgreement, flt: OutputAgreement, fake_flt: OutputAgreement) -> dict[str, Any]:
+    """The integer model against the fake-quant model and float; the fake-quant model against float beside them."""
     entry: dict[str, Any] = {"name": fake.name, "sqnr_db_vs_fake_quant": _db(fake.sqnr_db),
-                             "sqnr_db_vs_float": _db(flt.sqnr_db)}
+                             "sqnr_db_vs_float": _db(flt.sqnr_db), "fake_quant_sqnr_db_vs_float": _db(fake_flt.sqnr_db)}
     if fake.classifier:
         entry["top1_vs_fake_quant"] = round(fake.top1 / fake.samples, 4)
         entry["top1_vs_float"] = round(flt.top1 / flt.samples, 4)
+        entry["fake_quant_top1_vs_float"] = round(fake_flt.top1 / fake_flt.samples, 4)
     return entry
 
 

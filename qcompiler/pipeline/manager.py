@@ -19,6 +19,7 @@ from qcompiler.config import schema
 from qcompiler.config.backend import PipelineEntry
 from qcompiler.config.schema import SchemaError
 from qcompiler.errors import QCompileError, UsageError, first_line
+from qcompiler.graph import ir
 from qcompiler.graph.verify import verified
 from qcompiler.pipeline.pass_base import Pass, PassContext
 
@@ -136,7 +137,7 @@ class PassManager:
                 raise QCompileError(f"{name} needs {prop.name}; run {prop.established_by} first ({violation})")
         ctx.current_pass = name
         if step.pass_cls.lowers and ctx.fake_quant is None:
-            ctx.fake_quant = graph.copy()
+            ctx.fake_quant = ir.copy_graph(graph)
         start = time.perf_counter()
         try:
             result = step.pass_cls(step.options).run(graph, ctx)

@@ -12,12 +12,13 @@ from typing import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from qcompiler.graph import ir
 from qcompiler.quant.plan import QuantPlan, QuantPoint
 
 
 def integer_weights(graph: gs.Graph, plan: QuantPlan) -> gs.Graph:
     """A copy of ``graph`` whose quantized weights are integer initializers read by their DQ."""
-    graph = graph.copy()
+    graph = ir.copy_graph(graph)
     hold_integer_weights(graph, plan)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph

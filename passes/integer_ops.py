@@ -177,28 +177,34 @@ class _OpLowerer:
 
     def _add(self, lowering: Lowering, sources: list[Dequantized], output: QuantizedOutput,
              target: gs.Variable) -> str:
-        a, b = sources
         centered = [lowering.widened(s.integers, int(s.zero_point), f"input{i}") for i, s in enumerate(sources)]
-        arithmetic = self.arithmetic
-        if arithmetic.multiplier == "float32":
-            terms = [lowering.op("Mul", [lowering.cast(value, np.float32, f"input{i}/float"),
-                                         lowering.const(f"input{i}/multiplier",
-                                                        float_multiplier(s.scale, divisor=output.scale), np.float32)],
-                                 np.float32, f"input{i}/scaled") for i, (value, s) in enumerate(zip(centered, sources))]
-            total = lowering.op("Add", terms, np.float32, "sum")
-            lowering.to_grid_from_float(total, arithmetic.rounding, output.grid, output=target)
-            return "Add in float32 multipliers on the integers"
-        finer = min(float(a.scale), float(b.scale))
-        shifts = [real_multiplier(s.scale, divisor=np.float32(finer)) for s in sources]
-        if arithmetic.multiplier == "shift" and all(is_power_of_two(m) for m in shifts) \
-                and is_power_of_two(real_multiplier(np.float32(finer), divisor=output.scale)):
-            aligned = [lowering.scale_integers(value, m, arithmetic, f"input{i}/aligned")
+        if self.arithmetic.multiplier == "float32":
+            return self._add_in_float(lowering, sources, centered, output, target)
+        finer = np.float32(min(float(s.scale) for s in sources))
+        shifts = [real_multiplier(s.scale, divisor=finer) for s in sources]
+        if self.arithmetic.multiplier == "shift" and all(is_power_of_two(m) for m in shifts) \
+                and is_power_of_two(real_multiplier(finer, divisor=output.scale)):
+            aligned = [lowering.scale_integers(value, m, self.arithmetic, f"input{i}/aligned")
                        for i, (value, m) in enumerate(zip(centered, shifts))]
             total = lowering.op("Add", aligned, np.int64, "sum")
-            self._scaled_to_grid(lowering, total, [np.float32(finer)], output, arithmetic.rounding, target)
+            self._scaled_to_grid(lowering, total, [finer], output, self.arithmetic.rounding, target)
             return "Add by shifts: both inputs at the finer input scale, summed, shifted to the output"
-        fixed = replace(arithmetic, multiplier="fixed_point")
-        twice_max = 2.0 * max(float(a.scale), float(b.scale))
+        return self._add_in_fixed_point(lowering, sources, centered, output, target)
+
+    def _add_in_float(self, lowering: Lowering, sources: list[Dequantized], centered: list[gs.Variable],
+                      output: QuantizedOutput, target: gs.Variable) -> str:
+        terms = [lowering.op("Mul", [lowering.cast(value, np.float32, f"input{i}/float"),
+                                     lowering.const(f"input{i}/multiplier",
+                                                    float_multiplier(s.scale, divisor=output.scale), np.float32)],
+                             np.float32, f"input{i}/scaled") for i, (value, s) in enumerate(zip(centered, sources))]
+        total = lowering.op("Add", terms, np.float32, "sum")
+        lowering.to_grid_from_float(total, self.arithmetic.rounding, output.grid, output=target)
+        return "Add in float32 multipliers on the integers"
+
+    def _add_in_fixed_point(self, lowering: Lowering, sources: list[Dequantized], centered: list[gs.Variable],
+                            output: QuantizedOutput, target: gs.Variable) -> str:
+        fixed = replace(self.arithmetic, multiplier="fixed_point")
+        twice_max = 2.0 * max(float(s.scale) for s in sources)
         terms = []
         for i, (value, source) in enumerate(zip(centered, sources)):
             shifted = lowering.op("Mul", [value, lowering.const(f"input{i}/left", 1 << TFLITE_ADD_LEFT_SHIFT,
@@ -207,8 +213,8 @@ class _OpLowerer:
                                                  f"input{i}/scaled"))
         total = lowering.op("Add", terms, np.int64, "sum")
         multiplier = twice_max / ((1 << TFLITE_ADD_LEFT_SHIFT) * np.float64(output.scale))
-        scaled = lowering.scale_integers(total, multiplier, fixed, "scaled")
-        lowering.to_grid_from_int(scaled, output.grid, output=target)
+        lowering.to_grid_from_int(lowering.scale_integers(total, multiplier, fixed, "scaled"), output.grid,
+                                  output=target)
         return "Add in fixed point as TFLite adds (inputs << 20 at twice the larger scale)"
 
     def _pooling_problem(self, sources: list[Dequantized]) -> str | None:

@@ -97,7 +97,7 @@ def test_strict_loader_names_the_path(tmp_path, mutation, message):
 
 
 @pytest.mark.parametrize("mutation, message", [
-    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: bias_correct, calibrate, fold_bn"),
+    ({"pipeline": ["fold_bn", "fold_bm"]}, "pipeline[1]: unknown pass 'fold_bm'; known passes: align_channels, bias_correct, calibrate, fold_bn"),
     ({"pipeline": [{"name": "fold_bn", "options": {"standalon": "keep"}}]}, "pipeline[0].options.standalon: unknown key"),
     ({"emit": ["tensorrt_cache"]}, "emit[0]: unknown emitter 'tensorrt_cache'"),
     ({"emit": [{"name": "tensorrt", "options": {"trt_versoin": "8.6"}}]}, "emit[0].options.trt_versoin: unknown key"),

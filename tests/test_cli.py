@@ -39,8 +39,8 @@ def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
     code, _, _ = qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "out", "--dump-dir", tmp_path / "d",
                           "--calib", calib)
     assert code == 0
-    stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales",
-              "005_bias_correct", "006_integer_weights", "007_integer_ops", "008_fuse_requant"]
+    stages = ["000_import", "001_fold_bn", "002_align_channels", "003_insert_quantizers", "004_calibrate",
+              "005_share_scales", "006_bias_correct", "007_integer_weights", "008_integer_ops", "009_fuse_requant"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
         + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])
@@ -53,7 +53,7 @@ def test_same_inputs_same_bytes(capsys, model_path, calib, tmp_path):
                         "--calib", calib)[0] == 0
     for name in ("model.onnx", "model.qdq.onnx", "model.int.onnx", "qparams.json", "report.json", "pipeline.txt"):
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name)
-    for name in ("000_import.onnx", "001_fold_bn.onnx", "004_share_scales.qir", "quant_plan.yaml"):
+    for name in ("000_import.onnx", "001_fold_bn.onnx", "005_share_scales.qir", "quant_plan.yaml"):
         assert digest(tmp_path / "da" / name) == digest(tmp_path / "db" / name)
 
 
@@ -99,7 +99,7 @@ def test_listing_and_showing(capsys):
         ["academic", "acl", "fbgemm", "snpe", "tensorrt", "tvm"]
     code, out, _ = qcompile(capsys, "--list-passes")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
-        ["bias_correct", "calibrate", "fold_bn", "fuse_requant", "insert_quantizers", "integer_ops",
+        ["align_channels", "bias_correct", "calibrate", "fold_bn", "fuse_requant", "insert_quantizers", "integer_ops",
          "integer_weights", "share_scales"]
     code, out, _ = qcompile(capsys, "--show-backend", "tvm", "--set", "quantizers.weight.bits=4")
     assert code == 0 and yaml.safe_load(out)["quantizers"]["weight"]["bits"] == 4
@@ -139,7 +139,7 @@ def test_misspelt_key_and_unknown_pass_in_a_user_file(capsys, model_path, tmp_pa
     assert code == 2 and "quantizers.activation.symetric: unknown key" in err
     user.write_text("extends: tensorrt\npipeline: [fold_bn, calibrat]\n")
     code, _, err = qcompile(capsys, model_path, "-b", user, "-o", tmp_path / "o")
-    assert code == 2 and "unknown pass 'calibrat'; known passes: bias_correct, calibrate, fold_bn" in err
+    assert code == 2 and "unknown pass 'calibrat'; known passes: align_channels, bias_correct, calibrate, fold_bn" in err
 
 
 def test_invalid_and_quantized_models_are_input_errors(capsys, tmp_path):

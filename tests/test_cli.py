@@ -39,8 +39,8 @@ def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
     code, _, _ = qcompile(capsys, model_path, "-b", "snpe", "-o", tmp_path / "out", "--dump-dir", tmp_path / "d",
                           "--calib", calib)
     assert code == 0
-    stages = ["000_import", "001_fold_bn", "002_align_channels", "003_insert_quantizers", "004_calibrate",
-              "005_share_scales", "006_bias_correct", "007_integer_weights", "008_integer_ops", "009_fuse_requant"]
+    stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales",
+              "005_bias_correct", "006_integer_weights", "007_integer_ops", "008_fuse_requant"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
         + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])

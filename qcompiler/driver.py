@@ -48,7 +48,7 @@ from qcompiler.pipeline.pass_base import PassContext
 # how many calibration samples report.json compares float and quantized on
 REPORT_SAMPLES = 4
 # the deployment gap's samples: the integer model runs ConvInteger and its requantization as separate ops,
-# 18x the float model's time on MobileNetV2 (benchmarks/deployment_gap.py measures it on 93 photos)
+# 4x the float model's time on MobileNetV2 (benchmarks/deployment_gap.py measures the gap on 93 photos)
 GAP_SAMPLES = 2
 # what an output file holds: a model's graph, or text or bytes
 Payload = bytes | str | gs.Graph

@@ -20,7 +20,9 @@ import onnx
 import pytest
 
 from qcompiler import runtime
+from qcompiler.backends import fbgemm
 from qcompiler.driver import CompileRequest, compile_model
+from qcompiler.graph import ir
 from qcompiler.measure.deployment_gap import layer_gaps, layer_values
 from qcompiler.testing.models import TEST_MODELS, ModelBuilder
 from qcompiler.testing.units import conv_units
@@ -137,6 +139,9 @@ def test_an_overflowing_bias_saturates_is_counted_and_warned(backend, model_file
                   and hasattr(t, "values") and t.values.ndim == 1]
         assert any(b[0] == np.iinfo(np.int32).max and b[1] == np.iinfo(np.int32).min for b in biases)
         assert any("int32 biases saturate" in record.getMessage() for record in caplog.records)
+        report = fbgemm.check(ir.to_model(int8))
+        assert not report.violations and any("2 of its 8 int32 biases saturate" in n for n in report.notes)
+        assert "note: conv: 2 of its 8 int32 biases saturate" in report.text("fbgemm")
 
 
 def test_cli_writes_the_integer_model_and_its_gap(model_path, calib, tmp_path, capsys):

@@ -171,8 +171,9 @@ def _effective(arithmetic: ArithmeticConfig, layer: Layer, output: QuantizedOutp
     """The arithmetic this layer runs: shift multipliers need power-of-two ratios, else fixed point; a float
     bias needs a float multiplier. The second value says what changed, for the explanation."""
     note = ""
-    if output is not None and integer_form(arithmetic, _real(layer, output)) != arithmetic:
-        arithmetic = integer_form(arithmetic, _real(layer, output))
+    effective = integer_form(arithmetic, _real(layer, output)) if output is not None else arithmetic
+    if effective != arithmetic:
+        arithmetic = effective
         note = "; a scale ratio is not a power of two, so fixed point instead of a shift"
     if arithmetic.bias == "float" and arithmetic.multiplier != "float32":
         arithmetic = replace(arithmetic, bias="int32")

@@ -139,14 +139,14 @@ class _OpLowerer:
                         count: int = 1) -> gs.Variable:
         """int64 ``value`` times ``prod(factors) / (s_y * count)``, rounded by ``rounding``, onto the output grid."""
         divisor = np.float32(output.scale) * np.float32(count)
-        arithmetic = integer_form(replace(self.arithmetic, rounding=rounding),
-                                   real_multiplier(*factors, divisor=divisor))
+        real = real_multiplier(*factors, divisor=divisor)
+        arithmetic = integer_form(replace(self.arithmetic, rounding=rounding), real)
         if arithmetic.multiplier == "float32":
             multiplier = float_multiplier(*factors, divisor=divisor)
             scaled = lowering.op("Mul", [lowering.cast(value, np.float32, "float"),
                                          lowering.const("multiplier", multiplier, np.float32)], np.float32, "scaled")
             return lowering.to_grid_from_float(scaled, arithmetic.rounding, output.grid, output=target)
-        scaled = lowering.scale_integers(value, real_multiplier(*factors, divisor=divisor), arithmetic, "scaled")
+        scaled = lowering.scale_integers(value, real, arithmetic, "scaled")
         return lowering.to_grid_from_int(scaled, output.grid, output=target)
 
     # --- Add, Concat, pooling -------------------------------------------------

@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler import runtime
 from qcompiler.measure.evaluate import OutputAgreement
+from qcompiler.measure.report import rounded_db
 
 
 @dataclass
@@ -129,8 +130,9 @@ def deployment_gap(float_graph: gs.Graph, fake_quant: gs.Graph, integer: gs.Grap
 
 def _output_entry(fake: OutputAgreement, flt: OutputAgreement, fake_flt: OutputAgreement) -> dict[str, Any]:
     """The integer model against the fake-quant model and float; the fake-quant model against float beside them."""
-    entry: dict[str, Any] = {"name": fake.name, "sqnr_db_vs_fake_quant": _db(fake.sqnr_db),
-                             "sqnr_db_vs_float": _db(flt.sqnr_db), "fake_quant_sqnr_db_vs_float": _db(fake_flt.sqnr_db)}
+    entry: dict[str, Any] = {"name": fake.name, "sqnr_db_vs_fake_quant": rounded_db(fake.sqnr_db),
+                             "sqnr_db_vs_float": rounded_db(flt.sqnr_db),
+                             "fake_quant_sqnr_db_vs_float": rounded_db(fake_flt.sqnr_db)}
     if fake.classifier:
         entry["top1_vs_fake_quant"] = round(fake.top1 / fake.samples, 4)
         entry["top1_vs_float"] = round(flt.top1 / flt.samples, 4)
@@ -173,8 +175,3 @@ def summary(gap: dict[str, Any]) -> str:
             text += f"; {output['name']} top-1 {100 * output['top1_vs_fake_quant']:.0f}% as fake-quant"
     return text
 
-
-def _db(value: float) -> float | str:
-    if np.isfinite(value):
-        return round(float(value), 3)
-    return "inf" if value > 0 else "-inf"

@@ -99,8 +99,8 @@ def make_report(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_grap
         "backend": backend,
         "calibration_samples": samples,
         "report_samples": int(len(next(iter(feed.values())))),
-        "outputs": [{"name": name, "sqnr_db": _db(energies[name].sqnr_db)} for name in outputs],
-        "layers": [{"node": node, "op": op, "output": out, "sqnr_db": _db(energies[out].sqnr_db)}
+        "outputs": [{"name": name, "sqnr_db": rounded_db(energies[name].sqnr_db)} for name in outputs],
+        "layers": [{"node": node, "op": op, "output": out, "sqnr_db": rounded_db(energies[out].sqnr_db)}
                    for node, op, out in layers],
         "quant_points": [{"tensor": p.tensor, "kind": p.kind, "range": [_plain(np.min(p.lo)), _plain(np.max(p.hi))],
                           "reason": p.reason} for p in (plan.points[k] for k in sorted(plan.points))],
@@ -157,7 +157,8 @@ def _weight_bytes(graph: gs.Graph) -> int:
     return sum(t.values.nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant))
 
 
-def _db(value: float) -> float | str:
+def rounded_db(value: float) -> float | str:
+    """A dB value for JSON: three decimals, or "inf" / "-inf"."""
     if math.isfinite(value):
         return round(value, 3)
     return "inf" if value > 0 else "-inf"

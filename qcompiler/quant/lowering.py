@@ -21,9 +21,6 @@ from qcompiler.graph import ir
 from qcompiler.quant.qmath import Grid
 from qcompiler.quant.rounding import INT32_MAX, INT32_MIN, Rounding, quantize_multiplier
 
-ONNX_TYPES = {np.dtype(t): onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t))
-              for t in (np.float32, np.int32, np.int64, np.int16, np.int8, np.uint8, np.bool_)}
-
 
 @dataclass(frozen=True)
 class OutputGrid:
@@ -66,7 +63,7 @@ class Lowering:
         return output
 
     def cast(self, x: gs.Tensor, dtype: type, label: str, output: gs.Variable | None = None) -> gs.Variable:
-        return self.op("Cast", [x], dtype, label, {"to": ONNX_TYPES[np.dtype(dtype)]}, output)
+        return self.op("Cast", [x], dtype, label, {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))}, output)
 
     # --- integer rounding --------------------------------------------------
 
@@ -78,10 +75,8 @@ class Lowering:
         if mode == "half_up":
             nudged = self.op("Add", [x, self.const(f"{label}/half", divisor // 2, np.int64)], np.int64,
                              f"{label}/nudged")
-            return self._floor_divide(nudged, d, label)
-        remainder = self.op("Mod", [x, d], np.int64, f"{label}/remainder", {"fmod": 0})
-        quotient = self.op("Div", [self.op("Sub", [x, remainder], np.int64, f"{label}/floored"), d], np.int64,
-                           f"{label}/quotient")
+            return self._divmod(nudged, d, label)[0]
+        quotient, remainder = self._divmod(x, d, label)
         if mode == "floor":
             return quotient
         if mode == "half_away":
@@ -103,10 +98,12 @@ class Lowering:
             raise ValueError(f"rounding {mode!r} is not a shift rounding")
         return self.op("Add", [quotient, self.cast(up, np.int64, f"{label}/up/int")], np.int64, f"{label}/rounded")
 
-    def _floor_divide(self, x: gs.Tensor, divisor: gs.Constant, label: str) -> gs.Variable:
+    def _divmod(self, x: gs.Tensor, divisor: gs.Constant, label: str) -> tuple[gs.Variable, gs.Variable]:
+        """Floor division of int64 ``x``: Mod with fmod=0 takes the divisor's sign, so ``x - r`` divides exactly."""
         remainder = self.op("Mod", [x, divisor], np.int64, f"{label}/remainder", {"fmod": 0})
-        return self.op("Div", [self.op("Sub", [x, remainder], np.int64, f"{label}/floored"), divisor], np.int64,
-                       f"{label}/quotient")
+        quotient = self.op("Div", [self.op("Sub", [x, remainder], np.int64, f"{label}/floored"), divisor], np.int64,
+                           f"{label}/quotient")
+        return quotient, remainder
 
     def fixed_point(self, x: gs.Tensor, multiplier: np.ndarray, mode: Rounding, label: str) -> gs.Variable:
         """int64 ``x`` times real ``multiplier`` (per element of a broadcast shape) in fixed point

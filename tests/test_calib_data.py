@@ -53,6 +53,31 @@ def test_npy_and_npz(tmp_path):
     assert batches(open_data(str(tmp_path / "b.npz"), two_inputs), 4) == [4, 3]
 
 
+@pytest.mark.parametrize("share, held", [(0.25, [3, 7, 11]), (0.5, [1, 3, 5, 7, 9, 11]), (0.3, [3, 6, 9])])
+@pytest.mark.parametrize("batch", [1, 2, 5, 16])
+def test_split_holds_out_a_share_spread_through_the_data_at_any_batch_size(tmp_path, share, held, batch):
+    array = np.arange(12, dtype=np.float32).reshape(12, 1, 1, 1) * np.ones((1, 3, 8, 8), np.float32)
+    np.save(tmp_path / "a.npy", array)
+    kept, held_out = open_data(str(tmp_path / "a.npy"), IMAGE_INPUT).split(share)
+    indices = {name: [int(v) for feed in part.batches(batch) for v in feed["x"][:, 0, 0, 0]]
+               for name, part in (("kept", kept), ("held", held_out))}
+    assert indices["held"] == held and indices["kept"] == [i for i in range(12) if i not in held]
+    assert held_out.count == len(held) and kept.count == 12 - len(held)
+    sizes = [feed["x"].shape[0] for feed in kept.batches(batch)]
+    assert all(size == batch for size in sizes[:-1]) and 0 < sizes[-1] <= batch
+
+
+def test_split_of_a_function_of_unknown_length(tmp_path, monkeypatch):
+    (tmp_path / "eight_feeds.py").write_text(
+        "import numpy as np\n"
+        "def feeds():\n"
+        "    for i in range(4):\n"
+        "        yield {'x': np.full((2, 3, 8, 8), i, np.float32)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kept, held = open_data("eight_feeds:feeds", IMAGE_INPUT).split(0.25)
+    assert held.count is None and batches(held, 4) == [2] and batches(kept, 4) == [4, 2]
+
+
 def test_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_feeds.py").write_text(
         "import numpy as np\n"

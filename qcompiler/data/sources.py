@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -78,6 +79,52 @@ class CalibrationData:
             if taken >= samples:
                 break
         return {name: np.concatenate([p[name] for p in parts])[:samples] for name in parts[0]} if parts else {}
+
+    def split(self, fraction: float) -> tuple["CalibrationData", "CalibrationData"]:
+        """The samples apart from a held-out ``fraction`` of them, and the held-out ones.
+
+        Sample i is held out when floor((i + 1) f) > floor(i f): spread evenly
+        through the data (every fourth for f = 0.25), not its tail, since
+        photo folders are often sorted by subject.
+        """
+        def held(index: int) -> bool:
+            return math.floor((index + 1) * fraction) > math.floor(index * fraction)
+
+        def kept(index: int) -> bool:
+            return not held(index)
+
+        parts = []
+        for part, label in ((kept, "calibrate"), (held, "held out")):
+            count = sum(map(part, range(self.count))) if self.count is not None else None
+            described = f"{self.description}, {count if count is not None else 'some'} {label}"
+            parts.append(dataclasses.replace(self, description=described, count=count,
+                                             _batches=_selected(self.batches, part)))
+        return parts[0], parts[1]
+
+
+def _selected(batches: Callable[[int], Iterator[Feed]],
+              wanted: Callable[[int], bool]) -> Callable[[int], Iterator[Feed]]:
+    """``batches`` with only the samples whose index is ``wanted``, re-batched to the size asked for."""
+    def selected(batch_size: int) -> Iterator[Feed]:
+        pending: list[Feed] = []
+        held = index = 0
+        for feed in batches(batch_size):
+            count = len(next(iter(feed.values())))
+            mask = np.fromiter((wanted(i) for i in range(index, index + count)), bool, count)
+            index += count
+            if mask.any():
+                pending.append({name: array[mask] for name, array in feed.items()})
+                held += int(mask.sum())
+            while held >= batch_size:
+                joined = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
+                yield {name: array[:batch_size] for name, array in joined.items()}
+                rest = {name: array[batch_size:] for name, array in joined.items()}
+                held -= batch_size
+                pending = [rest] if held else []
+        if held:
+            yield {name: np.concatenate([p[name] for p in pending]) for name in pending[0]}
+
+    return selected
 
 
 def open_data(source: str, inputs: Sequence[InputSpec], preprocess: Preprocess | None = None,

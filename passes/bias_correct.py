@@ -34,7 +34,7 @@ from qcompiler.graph import ir
 from qcompiler.graph.ops import DATA_MOVEMENT_OPS
 from qcompiler.pipeline.pass_base import INPUT_MEANS, Pass, PassContext, PassResult
 from qcompiler.pipeline.properties import CALIBRATED
-from qcompiler.quant.plan import QuantPoint
+from qcompiler.quant.plan import FloatBias, QuantPoint
 from qcompiler.quant.qmath import dequantize
 
 
@@ -60,7 +60,7 @@ class BiasCorrect(Pass):
                   else self._empirical(graph, layers, ctx))
         for node, _ in layers:
             shift = shifts[node.name]
-            _subtract_from_bias(graph, node, shift)
+            ctx.plan.float_biases[node.name] = _subtract_from_bias(graph, node, shift)
             ctx.explain(node.name, True, f"removed a mean output shift of up to {np.max(np.abs(shift)):.3g} "
                         f"(mean |shift| {np.mean(np.abs(shift)):.3g}) over {shift.size} channels")
         return PassResult(changed=bool(layers), stats={"corrected": len(layers)})
@@ -222,22 +222,26 @@ def _vector(tensor: gs.Tensor) -> np.ndarray | None:
     return value
 
 
-def _subtract_from_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray) -> None:
-    """``bias - shift`` as a new constant of ``node`` (a bias another node shares stays as it was)."""
+def _subtract_from_bias(graph: gs.Graph, node: gs.Node, shift: np.ndarray) -> FloatBias:
+    """``bias - shift`` as a new constant of ``node`` (a bias another node shares stays as it was); returns
+    where the bias was, and what."""
     if node.op == "MatMul":
         add, index = _following_bias(graph, node)
-        old = _vector(add.inputs[index])
-        add.inputs[index] = gs.Constant(f"{add.inputs[index].name}/corrected",
-                                        (old - shift.reshape(old.shape)).astype(old.dtype))
-        return
+        original = add.inputs[index]
+        old = _vector(original)
+        corrected = (old - shift.reshape(old.shape)).astype(old.dtype)
+        add.inputs[index] = gs.Constant(f"{original.name}/corrected", corrected)
+        return FloatBias(add.name, index, original)
     beta = node.attrs.get("beta", 1.0) if node.op == "Gemm" else 1.0
     has_bias = len(node.inputs) > 2 and node.inputs[2].name
     old = ir.constant_value(node.inputs[2]).reshape(-1) if has_bias else np.zeros(shift.shape, np.float32)
     name = f"{node.inputs[2].name}/corrected" if has_bias else f"{node.name}/bias/corrected"
     corrected = gs.Constant(name, (old - shift / beta).astype(np.float32))
+    original = node.inputs[2] if has_bias else None
     if has_bias:
         node.inputs[2] = corrected
     else:
         while len(node.inputs) < 2:
             node.inputs.append(gs.Variable.empty())
         node.inputs.append(corrected)
+    return FloatBias(node.name, 2, original)

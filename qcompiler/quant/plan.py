@@ -90,12 +90,29 @@ def write_qparams(tensors: dict[str, gs.Tensor], point: QuantPoint) -> None:
         tensors[high].values = np.asarray((qmax - zero) * point.scale, np.float32)
 
 
+@dataclass(frozen=True)
+class FloatBias:
+    """A layer's bias before bias_correct changed it: input ``index`` of node ``holder`` (the layer, or the
+    Add after a MatMul), ``original`` None when the layer had none."""
+
+    holder: str
+    index: int
+    original: gs.Tensor | None
+
+
 @dataclass
 class QuantPlan:
     points: dict[str, QuantPoint] = field(default_factory=dict)
+    # by layer: the bias bias_correct replaced, for layer_fallback to restore when the layer returns to float
+    float_biases: dict[str, FloatBias] = field(default_factory=dict)
+    # by layer: why a layer the backend would quantize runs in float (layer_fallback's decisions)
+    float_layers: dict[str, str] = field(default_factory=dict)
+    # layer_fallback's search, step by step (plain data, for report.json)
+    fallback: dict | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.points)
+        """Whether quantizers were placed (layer_fallback may have returned every layer to float since)."""
+        return bool(self.points or self.float_layers)
 
     def activations(self) -> list[QuantPoint]:
         return [p for p in self.points.values() if p.kind == "activation"]
@@ -122,7 +139,8 @@ class QuantPlan:
         return groups
 
     def to_yaml(self) -> str:
-        """The plan as reviewable YAML (sorted by tensor name), without calibration results."""
+        """The plan as reviewable YAML (sorted by tensor name), without calibration results, then the layers
+        returned to float and why."""
         entries = []
         for name in sorted(self.points):
             p = self.points[name]
@@ -135,4 +153,7 @@ class QuantPlan:
                 entry["axis"] = p.axis
             entry.update({"consumers": sorted(p.consumers), "scale_group": p.scale_group, "reason": p.reason})
             entries.append(entry)
-        return yaml.safe_dump({"quant_points": entries}, sort_keys=False, width=120)
+        data: dict = {"quant_points": entries}
+        if self.float_layers:
+            data["float_layers"] = [{"layer": name, "reason": self.float_layers[name]} for name in self.float_layers]
+        return yaml.safe_dump(data, sort_keys=False, width=120)

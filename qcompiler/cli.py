@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(parser)
     add_data_arguments(parser, "--calib", "calibration data: a folder of images, .npy, .npz or module:function")
     parser.add_argument("--calib-size", type=int, metavar="N", help="use the first N calibration samples")
+    accuracy = parser.add_argument_group("accuracy target (layer_fallback)")
+    accuracy.add_argument("--target", metavar="EXPR",
+                          help="return the fewest layers to float that meet EXPR: top1_agreement>=0.98, sqnr_db>=30, "
+                               "drop(top1_agreement)<=0.01 or module:function>=VALUE")
+    accuracy.add_argument("--eval-data", metavar="DATA",
+                          help="what --target is measured on, preprocessed as --calib is (default: a quarter of the "
+                               "--calib samples, held out from calibration)")
     files = parser.add_argument_group("backend files")
     files.add_argument("--emit-option", dest="emit_options", action="append", default=[], metavar="KEY=VALUE",
                        help="an option of the backend's emitters, e.g. trt_version=8.6.1 (tensorrt: the "
@@ -270,6 +277,7 @@ def _request(args: argparse.Namespace) -> CompileRequest:
         print_changed=args.print_changed, stop_after=args.stop_after, disable=args.disable,
         explain=args.explain, calib=args.data, calib_size=args.calib_size, preprocess=preprocess_from(args),
         progress=not args.quiet, emit_options=emit_options_from(args), strict=args.strict,
+        target=args.target, eval_data=args.eval_data,
     )
 
 
@@ -334,7 +342,19 @@ def _print_summary(args: argparse.Namespace, result) -> None:
     print("wrote " + ", ".join(str(path) for path in result.outputs))
     if result.report is not None and "deployment_gap" in result.report:
         print(gap_summary(result.report["deployment_gap"]) + " (report.json: deployment_gap)")
+    if result.ctx.plan.fallback is not None:
+        print(fallback_summary(result.ctx.plan.fallback) + " (report.json: layer_fallback)")
     print(summary_line(result))
+
+
+def fallback_summary(search: dict) -> str:
+    """One line: the target, the metric quantized and with the float layers, and what the search cost."""
+    verdict = "met" if search["met"] else f"not met ({search['stopped']})"
+    quantized, final = (f"{value:.4g}" if isinstance(value, float) else str(value)
+                        for value in (search["quantized"]["metric"], search["final"]["metric"]))
+    return (f"layer_fallback: target {search['target']} {verdict}: {quantized} quantized, "
+            f"{final} with {len(search['reverted'])} of {search['layers']} layers in float, "
+            f"on {search['eval_samples']} held-out samples, {search['evaluations']} evaluations")
 
 
 def summary_line(result) -> str:

@@ -7,6 +7,7 @@ options before the model is read.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,8 @@ class CompileRequest:
     progress: bool = False
     emit_options: list[EmitOption] = field(default_factory=list)   # emitter options from the command line
     strict: bool = False   # a warning (degenerate data, ...) is an error
+    target: str | None = None      # layer_fallback's accuracy target (its ``target`` option)
+    eval_data: str | None = None   # what layer_fallback evaluates on (default: held-out calibration samples)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     staged like the outputs: a failed or interrupted compile leaves neither.
     """
     print_stream = print_stream or sys.stderr
-    backend = load_backend(request.backend, request.overrides)
+    backend = _with_target(load_backend(request.backend, request.overrides), request)
     bound = bind_backend(backend, backend_label(request.backend), request.emit_options)
     manager = PassManager(bound.passes, stop_after=request.stop_after, disabled=request.disable)
     _refuse_bad_request(request, backend)
@@ -139,8 +142,10 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
         out = stages.enter_context(staged_output_dir(request.out)) if request.out is not None else None
         model = load_model(request.model, external_data=False)
         refuse_unsupported(model, request.model)
-        data = _calibration_data(request, backend, InputSpec.of_model(model))
-        ctx = PassContext(backend=backend, calibration_data=data, strict=request.strict)
+        inputs = InputSpec.of_model(model)
+        data = _calibration_data(request, backend, inputs)
+        ctx = PassContext(backend=backend, calibration_data=data, eval_data=_eval_data(request, inputs),
+                          strict=request.strict)
         for warning in data.warnings if data is not None else []:
             ctx.warn(warning)
         if request.progress:
@@ -164,6 +169,18 @@ def compile_model(request: CompileRequest, print_stream: TextIO | None = None) -
     return result
 
 
+def _with_target(backend: BackendConfig, request: CompileRequest) -> BackendConfig:
+    """``backend`` with --target as its layer_fallback's ``target`` option (the same as --set on it)."""
+    if request.target is None:
+        return backend
+    names = [entry.name for entry in backend.pipeline]
+    if "layer_fallback" not in names:
+        raise UsageError(f"--target: backend {backend.name} has no layer_fallback in its pipeline; list it "
+                         "after bias_correct (before integer_weights)")
+    setting = f"pipeline[{names.index('layer_fallback')}].options.target={json.dumps(request.target)}"
+    return load_backend(request.backend, [*request.overrides, setting])
+
+
 def _refuse_bad_request(request: CompileRequest, backend: BackendConfig) -> None:
     """A UsageError for what is wrong in the request itself: its flags, model path, data path, folders."""
     pipeline_names = [entry.name for entry in backend.pipeline]
@@ -174,13 +191,22 @@ def _refuse_bad_request(request: CompileRequest, backend: BackendConfig) -> None
     if request.calib is None and _runs(backend, "calibrate", request):
         raise UsageError(f"backend {backend.name} calibrates; pass --calib DIR|FILE.npy|FILE.npz|module:function "
                          "(or --stop-after a pass before calibrate)")
-    protected = [request.model, *([Path(request.calib)] if request.calib and Path(request.calib).exists() else [])]
+    if request.eval_data is not None and not _targets(backend):
+        raise UsageError("--eval-data is what layer_fallback evaluates its target on; give --target too, e.g. "
+                         "--target 'top1_agreement>=0.98'")
+    sources = [Path(source) for source in (request.calib, request.eval_data) if source and Path(source).exists()]
+    protected = [request.model, *sources]
     folders = [Path(folder) for folder in (request.out, request.dump_dir) if folder is not None]
     for folder in folders:
         check_output_dir(folder, protected)
     if len(folders) == 2 and folders[0].resolve() == folders[1].resolve():
         raise UsageError(f"--dump-dir {request.dump_dir} is --out: both write pipeline.txt; give the dump its own "
                          f"folder, e.g. --dump-dir {folders[0] / 'dump'}")
+
+
+def _targets(backend: BackendConfig) -> bool:
+    """Whether the backend's layer_fallback has a target (and so evaluates)."""
+    return any(entry.name == "layer_fallback" and entry.options.get("target") for entry in backend.pipeline)
 
 
 def _runs(backend: BackendConfig, pass_name: str, request: CompileRequest) -> bool:
@@ -215,6 +241,16 @@ def _calibration_data(request: CompileRequest, backend: BackendConfig,
     data = open_data(request.calib, inputs, request.preprocess, request.calib_size or backend.calibration.size)
     if not data.head(1):
         raise UsageError(f"--calib {request.calib} holds no samples; give at least one")
+    return data
+
+
+def _eval_data(request: CompileRequest, inputs: list[InputSpec]) -> CalibrationData | None:
+    """--eval-data, preprocessed as --calib is, its first sample read."""
+    if request.eval_data is None:
+        return None
+    data = open_data(request.eval_data, inputs, request.preprocess)
+    if not data.head(1):
+        raise UsageError(f"--eval-data {request.eval_data} holds no samples; give at least one")
     return data
 
 

@@ -45,9 +45,11 @@ def test_table1_settings():
     assert acl.quantizers["activation"].symmetric is False
     assert acl.ops["Gemm"].weights == "weight_per_tensor"
     assert academic.quantizers["activation"].signedness == "adaptive"
-    assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales", "bias_correct"]
+    assert [e.name for e in academic.pipeline] == ["insert_quantizers", "calibrate", "share_scales", "bias_correct",
+                                                   "layer_fallback"]
     assert [e.name for e in trt.pipeline] == ["fold_bn", "insert_quantizers", "calibrate", "share_scales",
-                                              "bias_correct", "integer_weights", "integer_ops", "fuse_requant"]
+                                              "bias_correct", "layer_fallback", "integer_weights", "integer_ops",
+                                              "fuse_requant"]
     assert [layer.match.position for layer in academic.layers] == ["first_weighted", "last_weighted"]
 
 
@@ -209,7 +211,7 @@ def test_set_overrides_are_validated_like_files():
     with pytest.raises(UsageError, match="expected KEY.PATH=VALUE"):
         load_backend("tvm", ["bits"])
     with pytest.raises(UsageError, match="is not an index"):
-        load_backend("tvm", ["pipeline[9]=fold_bn"])
+        load_backend("tvm", ["pipeline[12]=fold_bn"])
     assert load_backend("tvm").calibration.batch_size == "auto"
     with pytest.raises(UsageError, match="calibration.batch_size: 'big' is not int or 'auto'"):
         load_backend("tvm", ["calibration.batch_size=big"])

@@ -40,7 +40,7 @@ def test_dump_dir_holds_every_stage(capsys, model_path, calib, tmp_path):
                           "--calib", calib)
     assert code == 0
     stages = ["000_import", "001_fold_bn", "002_insert_quantizers", "003_calibrate", "004_share_scales",
-              "005_bias_correct", "006_integer_weights", "007_integer_ops", "008_fuse_requant"]
+              "005_bias_correct", "006_layer_fallback", "007_integer_weights", "008_integer_ops", "009_fuse_requant"]
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
         [f"{s}.{ext}" for s in stages for ext in ("onnx", "qir")]
         + ["explain.txt", "pipeline.txt", "quant_plan.yaml", "timing.txt"])
@@ -100,7 +100,7 @@ def test_listing_and_showing(capsys):
     code, out, _ = qcompile(capsys, "--list-passes")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == \
         ["align_channels", "bias_correct", "calibrate", "fold_bn", "fuse_requant", "insert_quantizers", "integer_ops",
-         "integer_weights", "share_scales"]
+         "integer_weights", "layer_fallback", "share_scales"]
     code, out, _ = qcompile(capsys, "--show-backend", "tvm", "--set", "quantizers.weight.bits=4")
     assert code == 0 and yaml.safe_load(out)["quantizers"]["weight"]["bits"] == 4
 
@@ -112,7 +112,7 @@ def test_listing_and_showing(capsys):
     (["{model}", "-b", "tensorrtt", "-o", "{tmp}/o"], 2, "unknown backend 'tensorrtt'"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--print-after", "align_channels"], 2,
      "--print-after align_channels: not in this backend's pipeline (fold_bn, insert_quantizers, calibrate, "
-     "share_scales, bias_correct, integer_weights, integer_ops, fuse_requant)"),
+     "share_scales, bias_correct, layer_fallback, integer_weights, integer_ops, fuse_requant)"),
     (["{model}", "-b", "academic", "-o", "{tmp}/o", "--stop-after", "fold_bn"], 2,
      "--stop-after fold_bn: not in this backend's pipeline (insert_quantizers"),
     (["{model}", "-b", "tensorrt", "-o", "{tmp}/o", "--set", "scheme=9"], 2, "backend tensorrt: scheme: 9 is not one of"),

@@ -106,6 +106,8 @@ def make_report(backend: str, plan: QuantPlan, float_graph: gs.Graph, quant_grap
                           "reason": p.reason} for p in (plan.points[k] for k in sorted(plan.points))],
         "warnings": list(warnings),
     }
+    if plan.fallback is not None:
+        report["layer_fallback"] = plan.fallback
     return report
 
 

@@ -102,7 +102,9 @@ class PassManager:
     def run(self, graph: gs.Graph, ctx: PassContext, import_record: StageRecord) -> gs.Graph:
         """Run every step on ``graph`` (already imported) and return the final graph."""
         history = [import_record.name]
-        ctx.requests = {request for step in self._active() for request in step.pass_cls(step.options).requests()}
+        active = [step.pass_cls(step.options) for step in self._active()]
+        ctx.requests = {request for step in active for request in step.requests()}
+        _hold_out(ctx, max((step.held_out() for step in active), default=0.0))
         self._notify(import_record, graph, ctx)
         try:
             for step in self.steps:
@@ -162,6 +164,18 @@ class PassManager:
     def _notify(self, record: StageRecord, graph: gs.Graph, ctx: PassContext) -> None:
         for instrument in self.instruments:
             instrument.after_stage(record, graph, ctx)
+
+
+def _hold_out(ctx: PassContext, share: float) -> None:
+    """Without evaluation data, keep ``share`` of the calibration samples for the passes that evaluate on them
+    (``Pass.held_out``): the passes that calibrate never see them."""
+    if not share or ctx.eval_data is not None or ctx.calibration_data is None:
+        return
+    kept, held = ctx.calibration_data.split(share)
+    if not kept.head(1) or not held.head(1):
+        raise UsageError(f"{ctx.calibration_data.description}: too few to hold out {share:.0%} of them for "
+                         "evaluation; give more samples, or --eval-data")
+    ctx.calibration_data, ctx.eval_data = kept, held
 
 
 def require_in_pipeline(flag: str, name: str, pipeline: Sequence[str]) -> None:

@@ -64,6 +64,8 @@ class PassContext:
     backend: Any = None
     plan: QuantPlan = field(default_factory=QuantPlan)
     calibration_data: Any = None
+    # what passes evaluate accuracy on (layer_fallback): --eval-data, or calibration samples held out for it
+    eval_data: Any = None
     # wraps a long loop for progress display: progress(iterable, total, description)
     progress: Callable[[Iterable, int | None, str], Iterable] = lambda items, total, description: items
     explanations: list[Explanation] = field(default_factory=list)
@@ -120,6 +122,11 @@ class Pass:
     def requests(self) -> frozenset[str]:
         """What this pass, with its options, needs an earlier pass to collect for it (none by default)."""
         return frozenset()
+
+    def held_out(self) -> float:
+        """The share of the calibration samples this pass, with its options, evaluates on when no evaluation
+        data is given: the pass manager holds them out of the others' reach (none by default)."""
+        return 0.0
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError

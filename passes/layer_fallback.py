@@ -1,0 +1,212 @@
+"""Return the layers that cost the most accuracy to float, fewest first, until an accuracy target holds.
+
+Before: every layer the backend quantizes reads dequantized weights and activations
+After:  the fewest layers found that meet ``target`` read float ones (quant/fallback.py says how)
+Without a ``target`` (``--target``) the pass changes nothing. With one:
+1. Evaluation data: ``--eval-data``, else ``held_out`` of the calibration
+   samples, spread through them, which calibrate and bias_correct never see.
+2. Sensitivity, one evaluation per layer (``sensitivity``):
+   - ``float_one`` (default): the model with that layer alone in float. It
+     measures what the search then does, reverting the layer, including how
+     its error grows through the layers after it;
+   - ``quantize_one``: the float model with that layer alone quantized:
+     its own error without the others', which ranks a layer whose error
+     only matters in company too low.
+   Layers are ranked by the target's metric, ties broken by output SQNR;
+   for top-1 agreement by SQNR alone (Score.key says why). It runs on the
+   first ``ranking_samples`` evaluation samples.
+3. Search: in that order, each layer is returned to float and the model
+   re-measured on all of them; a step that does not improve the score
+   (the same order as the ranking's) is undone. It stops when the target holds, after
+   ``max_layers`` layers in float, or when the ranking is exhausted, and
+   says which (a warning when the target is not met).
+Every evaluation runs one model (quant/fallback.py's switchboard) in which
+each layer can be float or not, so the search costs one onnxruntime
+session; the result is then measured again as the graph it leaves. The
+plan records why each float layer is float (``quant_plan.yaml`` in the
+dump), report.json lists every step, ``--explain layer_fallback`` too.
+Run after calibrate and bias_correct (a float layer gets its float bias
+back) and before the lowering passes, which then lower what stays
+quantized: the metric is the fake-quant model's, as report.json's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler import runtime
+from qcompiler.calibration.batching import batch_size
+from qcompiler.config.schema import SchemaError
+from qcompiler.data.sources import Feed
+from qcompiler.errors import UsageError
+from qcompiler.measure.report import rounded_db
+from qcompiler.measure.targets import Metric, Target, measured, sqnr_db
+from qcompiler.pipeline.pass_base import Pass, PassContext, PassResult
+from qcompiler.pipeline.properties import CALIBRATED
+from qcompiler.quant.fallback import Layer, fallback_layers, revert, reverted_copy
+
+
+@dataclass(frozen=True)
+class LayerFallbackOptions:
+    target: str | None = None       # e.g. top1_agreement>=0.98 (measure/targets.py); none: change nothing
+    max_layers: int = 10            # at most this many layers return to float
+    sensitivity: Literal["float_one", "quantize_one"] = "float_one"
+    held_out: float = 0.25          # the share of --calib samples held out to evaluate on, without --eval-data
+    ranking_samples: int = 16       # the sensitivity of each layer is measured on the first this many of them
+
+    def __post_init__(self) -> None:
+        if self.target is not None:
+            Target.parse(self.target)
+        if self.ranking_samples < 1:
+            raise SchemaError(f"layer_fallback ranking_samples {self.ranking_samples}: give at least 1")
+        if self.max_layers < 1:
+            raise SchemaError(f"layer_fallback max_layers {self.max_layers}: give at least 1")
+        if not 0.0 < self.held_out < 1.0:
+            raise SchemaError(f"layer_fallback held_out {self.held_out}: give a share between 0 and 1, e.g. 0.25")
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: float
+    sqnr_db: float
+
+    def key(self, target: Target) -> tuple[float, ...]:
+        """Orders scores best last: by the target's metric, then SQNR; by SQNR alone for top-1 agreement, which
+        on a few dozen samples flips with every near-tie (MobileNetV2, 46 photos: one layer more in float
+        gained 0.7 dB of SQNR and lost 9 points of top-1)."""
+        if target.metric == "top1_agreement":
+            return (self.sqnr_db,)
+        return (self.metric if target.higher_is_better else -self.metric, self.sqnr_db)
+
+    def plain(self) -> dict[str, float]:
+        return {"metric": _plain(self.metric), "sqnr_db": rounded_db(self.sqnr_db)}
+
+
+class LayerFallback(Pass):
+    name = "layer_fallback"
+    Options = LayerFallbackOptions
+    requires = (CALIBRATED,)
+    ensures = (CALIBRATED,)
+
+    def held_out(self) -> float:
+        return self.options.held_out if self.options.target is not None else 0.0
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        if self.options.target is None:
+            return PassResult(changed=False)
+        if ctx.eval_data is None:
+            raise UsageError("layer_fallback needs evaluation data: pass --eval-data, or --calib to hold out "
+                             "part of it")
+        target = Target.parse(self.options.target)
+        layers = fallback_layers(graph, ctx.plan, ctx.backend)
+        search = _Search(graph, ctx, layers, target, self.options.ranking_samples)
+        chosen, outcome = search.run(self.options)
+        reasons = {layer: f"float for target {target}: step {step} of layer_fallback's search took "
+                          f"{target.metric} from {before:.4g} to {after:.4g}"
+                   for layer, (step, before, after) in chosen.items()}
+        revert(graph, ctx.plan, reasons)
+        for layer, reason in reasons.items():
+            ctx.explain(layer.name, True, reason)
+        final = search.measure_graph(graph)
+        met = target.met(final.metric, search.float_score)
+        ctx.plan.fallback = search.record(self.options, [layer.name for layer in chosen], final, met, outcome)
+        if not met:
+            ctx.warn(f"layer_fallback: target {target} not met: {target.metric} {final.metric:.4g} with "
+                     f"{len(chosen)} layer(s) in float ({outcome})")
+        return PassResult(changed=bool(chosen), stats={"layers": len(layers), "reverted": len(chosen),
+                                                       "evaluations": search.evaluations})
+
+
+class _Search:
+    """The evaluation data, the float model's outputs, and scores of the graph with any set of layers in float."""
+
+    def __init__(self, graph: gs.Graph, ctx: PassContext, layers: list[Layer], target: Target, ranking_samples: int):
+        self.graph, self.plan, self.layers, self.target = graph, ctx.plan, layers, target
+        self.metric: Metric = target.function()
+        size = batch_size(ctx.backend.calibration.batch_size, ctx.eval_data)
+        self.feeds: list[Feed] = list(ctx.eval_data.batches(size))
+        if not self.feeds:
+            raise UsageError("layer_fallback: the evaluation data holds no samples; give --eval-data or more "
+                             "--calib samples")
+        counts = [len(next(iter(feed.values()))) for feed in self.feeds]
+        self.samples = sum(counts)
+        # the ranking runs on the first batches holding ranking_samples samples (all of them if fewer)
+        self.ranking_batches = next((i + 1 for i in range(len(counts)) if sum(counts[: i + 1]) >= ranking_samples),
+                                    len(counts))
+        self.outputs = [tensor.name for tensor in graph.outputs]
+        self.evaluations = 0
+        self.float_outputs = self._run(reverted_copy(graph, self.plan, layers), len(self.feeds))
+        self.float_score = measured(self.metric, target, self.float_outputs, self.float_outputs)
+        self.steps: list[dict] = []
+        self.baseline: Score | None = None
+
+    def run(self, options: LayerFallbackOptions) -> tuple[dict[Layer, tuple[int, float, float]], str]:
+        """The layers to return to float, each with its step and the metric before and after it; and why the
+        search stopped."""
+        current = self.baseline = self.score(set())
+        if self.target.met(current.metric, self.float_score):
+            return {}, "the quantized model meets the target"
+        chosen: dict[Layer, tuple[int, float, float]] = {}
+        in_float: set[int] = set()
+        for step, index in enumerate(self._ranking(options.sensitivity), start=1):
+            if len(chosen) == options.max_layers:
+                return chosen, f"max_layers ({options.max_layers}) reached"
+            layer = self.layers[index]
+            trial = self.score(in_float | {index})
+            kept = trial.key(self.target) > current.key(self.target)
+            self.steps.append({"step": step, "layer": layer.name, "op": layer.op, **trial.plain(), "kept": kept})
+            if kept:
+                chosen[layer] = (step, current.metric, trial.metric)
+                in_float.add(index)
+                current = trial
+                if self.target.met(current.metric, self.float_score):
+                    return chosen, "the target holds"
+        return chosen, "every layer was tried"
+
+    def _ranking(self, sensitivity: str) -> list[int]:
+        """Layer indices, the one whose return to float is expected to help most first."""
+        everyone = set(range(len(self.layers)))
+        if sensitivity == "float_one":
+            scores = [self.score({index}, self.ranking_batches).key(self.target) for index in sorted(everyone)]
+            return sorted(everyone, key=lambda index: scores[index], reverse=True)
+        scores = [self.score(everyone - {index}, self.ranking_batches).key(self.target) for index in sorted(everyone)]
+        return sorted(everyone, key=lambda index: scores[index])
+
+    def score(self, float_layers: set[int], batches: int | None = None) -> Score:
+        """The score of the graph with the layers of these indices in float, on the first ``batches``."""
+        batches = batches or len(self.feeds)
+        copy = reverted_copy(self.graph, self.plan, [self.layers[index] for index in sorted(float_layers)])
+        return self._scored(self._run(copy, batches), batches)
+
+    def measure_graph(self, graph: gs.Graph) -> Score:
+        """The score of ``graph`` as it is (the one the compile writes), on all the evaluation data."""
+        return self._scored(self._run(graph, len(self.feeds)), len(self.feeds))
+
+    def record(self, options: LayerFallbackOptions, reverted: list[str], final: Score, met: bool,
+               outcome: str) -> dict:
+        return {"target": str(self.target), "sensitivity": options.sensitivity, "max_layers": options.max_layers,
+                "eval_samples": self.samples, "ranking_samples": sum(
+                    len(next(iter(feed.values()))) for feed in self.feeds[: self.ranking_batches]),
+                "layers": len(self.layers), "float_metric": _plain(self.float_score),
+                "quantized": self.baseline.plain(), "steps": self.steps, "reverted": reverted,
+                "final": final.plain(), "met": met, "stopped": outcome, "evaluations": self.evaluations}
+
+    def _scored(self, outputs: dict[str, np.ndarray], batches: int) -> Score:
+        count = len(next(iter(outputs.values())))
+        reference = {name: values[:count] for name, values in self.float_outputs.items()}
+        return Score(measured(self.metric, self.target, reference, outputs), sqnr_db(reference, outputs))
+
+    def _run(self, graph: gs.Graph, batches: int) -> dict[str, np.ndarray]:
+        session = runtime.graph_session(graph, fuse_qdq=False)
+        self.evaluations += 1
+        parts = [session.run(self.outputs, feed) for feed in self.feeds[:batches]]
+        return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(self.outputs)}
+
+
+def _plain(metric: float) -> float | str:
+    """A metric for JSON: six decimals, or "inf" / "-inf" (the SQNR of the float model against itself)."""
+    return round(metric, 6) if math.isfinite(metric) else rounded_db(metric)

@@ -16,14 +16,15 @@ Without a ``target`` (``--target``) the pass changes nothing. With one:
    for top-1 agreement by SQNR alone (Score.key says why). It runs on the
    first ``ranking_samples`` evaluation samples.
 3. Search: in that order, each layer is returned to float and the model
-   re-measured on all of them; a step that does not improve the score
-   (the same order as the ranking's) is undone. It stops when the target holds, after
-   ``max_layers`` layers in float, or when the ranking is exhausted, and
-   says which (a warning when the target is not met).
-Every evaluation runs one model (quant/fallback.py's switchboard) in which
-each layer can be float or not, so the search costs one onnxruntime
-session; the result is then measured again as the graph it leaves. The
-plan records why each float layer is float (``quant_plan.yaml`` in the
+   re-measured on all the evaluation samples; a step that does not improve
+   the score (ordered as the ranking's) is undone. It stops when the target
+   holds, after ``max_layers`` layers in float, or when the ranking is
+   exhausted, and says which (a warning when the target is not met).
+Each evaluation builds the model with its float layers (quant/fallback.py)
+and one onnxruntime session for it, Q/DQ as ``qcompile eval`` runs them
+(the ranking's at onnxruntime's basic level, quicker to make); the graph
+the pass leaves is measured once more, and that is the score reported.
+The plan records why each float layer is float (``quant_plan.yaml`` in the
 dump), report.json lists every step, ``--explain layer_fallback`` too.
 Run after calibrate and bias_correct (a float layer gets its float bias
 back) and before the lowering passes, which then lower what stays
@@ -171,20 +172,22 @@ class _Search:
         """Layer indices, the one whose return to float is expected to help most first."""
         everyone = set(range(len(self.layers)))
         if sensitivity == "float_one":
-            scores = [self.score({index}, self.ranking_batches).key(self.target) for index in sorted(everyone)]
+            scores = [self.score({index}, ranking=True).key(self.target) for index in sorted(everyone)]
             return sorted(everyone, key=lambda index: scores[index], reverse=True)
-        scores = [self.score(everyone - {index}, self.ranking_batches).key(self.target) for index in sorted(everyone)]
+        scores = [self.score(everyone - {index}, ranking=True).key(self.target) for index in sorted(everyone)]
         return sorted(everyone, key=lambda index: scores[index])
 
-    def score(self, float_layers: set[int], batches: int | None = None) -> Score:
-        """The score of the graph with the layers of these indices in float, on the first ``batches``."""
-        batches = batches or len(self.feeds)
+    def score(self, float_layers: set[int], ranking: bool = False) -> Score:
+        """The score of the graph with the layers of these indices in float: on all the evaluation data as
+        ``qcompile eval`` runs it, or to rank, on the first ranking samples in a session quicker to make."""
         copy = reverted_copy(self.graph, self.plan, [self.layers[index] for index in sorted(float_layers)])
-        return self._scored(self._run(copy, batches), batches)
+        if ranking:
+            return self._scored(self._run(copy, self.ranking_batches, optimize="basic"))
+        return self._scored(self._run(copy, len(self.feeds)))
 
     def measure_graph(self, graph: gs.Graph) -> Score:
         """The score of ``graph`` as it is (the one the compile writes), on all the evaluation data."""
-        return self._scored(self._run(graph, len(self.feeds)), len(self.feeds))
+        return self._scored(self._run(graph, len(self.feeds)))
 
     def record(self, options: LayerFallbackOptions, reverted: list[str], final: Score, met: bool,
                outcome: str) -> dict:
@@ -195,13 +198,13 @@ class _Search:
                 "quantized": self.baseline.plain(), "steps": self.steps, "reverted": reverted,
                 "final": final.plain(), "met": met, "stopped": outcome, "evaluations": self.evaluations}
 
-    def _scored(self, outputs: dict[str, np.ndarray], batches: int) -> Score:
+    def _scored(self, outputs: dict[str, np.ndarray]) -> Score:
         count = len(next(iter(outputs.values())))
         reference = {name: values[:count] for name, values in self.float_outputs.items()}
         return Score(measured(self.metric, self.target, reference, outputs), sqnr_db(reference, outputs))
 
-    def _run(self, graph: gs.Graph, batches: int) -> dict[str, np.ndarray]:
-        session = runtime.graph_session(graph, fuse_qdq=False)
+    def _run(self, graph: gs.Graph, batches: int, optimize: bool | str = True) -> dict[str, np.ndarray]:
+        session = runtime.graph_session(graph, optimize=optimize, fuse_qdq=False)
         self.evaluations += 1
         parts = [session.run(self.outputs, feed) for feed in self.feeds[:batches]]
         return {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(self.outputs)}

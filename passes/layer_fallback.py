@@ -127,6 +127,7 @@ class _Search:
 
     def __init__(self, graph: gs.Graph, ctx: PassContext, layers: list[Layer], target: Target, ranking_samples: int):
         self.graph, self.plan, self.layers, self.target = graph, ctx.plan, layers, target
+        self.progress = ctx.progress
         self.metric: Metric = target.function()
         size = batch_size(ctx.backend.calibration.batch_size, ctx.eval_data)
         self.feeds: list[Feed] = list(ctx.eval_data.batches(size))
@@ -171,10 +172,11 @@ class _Search:
     def _ranking(self, sensitivity: str) -> list[int]:
         """Layer indices, the one whose return to float is expected to help most first."""
         everyone = set(range(len(self.layers)))
+        indices = self.progress(range(len(self.layers)), len(self.layers), "layer_fallback: ranking")
         if sensitivity == "float_one":
-            scores = [self.score({index}, ranking=True).key(self.target) for index in sorted(everyone)]
+            scores = [self.score({index}, ranking=True).key(self.target) for index in indices]
             return sorted(everyone, key=lambda index: scores[index], reverse=True)
-        scores = [self.score(everyone - {index}, ranking=True).key(self.target) for index in sorted(everyone)]
+        scores = [self.score(everyone - {index}, ranking=True).key(self.target) for index in indices]
         return sorted(everyone, key=lambda index: scores[index])
 
     def score(self, float_layers: set[int], ranking: bool = False) -> Score:

@@ -19,18 +19,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from qcompiler.config.loader import load_backend
-from qcompiler.data.images import list_images, load_batch
+from qcompiler.data.images import list_images
 from qcompiler.data.sources import InputSpec, open_data
 from qcompiler.driver import CompileRequest, compile_model
 from qcompiler.graph import ir
 from qcompiler.measure.evaluate import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration_suite import MODELS, SHARED  # noqa: E402  (a sibling script, not a package)
+from calibration_suite import MODELS, SHARED, halves  # noqa: E402  (a sibling script, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"without": None, "align_channels": "align_channels",
@@ -51,11 +50,7 @@ def main() -> None:
              "| model | backend | pipeline | pairs equalized | top-1 agreement | SQNR | float cost |",
              "|---|---|---|---|---|---|---|"]
     for name in args.models:
-        file, preprocess = MODELS[name]
-        model = SHARED / "models" / file
-        calib, held_out = work / f"{name}_calib.npy", work / f"{name}_held_out.npy"
-        np.save(calib, load_batch(photos[0::2], preprocess))
-        np.save(held_out, load_batch(photos[1::2], preprocess))
+        model, calib, held_out = halves(name, photos, work)
         for backend in args.backends:
             for label, entry in VARIANTS.items():
                 lines.append(_row(name, model, backend, label, entry, calib, held_out))

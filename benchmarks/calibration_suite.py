@@ -76,13 +76,19 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def model_section(name: str, photos: list[Path], args: argparse.Namespace, work: Path) -> list[str]:
+def halves(name: str, photos: list[Path], work: Path) -> tuple[Path, Path, Path]:
+    """The model's path, and the even-numbered photos (calibration) and odd-numbered ones (evaluation)
+    preprocessed for it, each saved as an .npy under ``work``."""
     file, preprocess = MODELS[name]
-    model = SHARED / "models" / file
-    inputs = InputSpec.of_model(onnx.load(model, load_external_data=False))
     calib, held = work / f"{name}_calib.npy", work / f"{name}_held.npy"
     np.save(calib, load_batch(photos[0::2], preprocess))
     np.save(held, load_batch(photos[1::2], preprocess))
+    return SHARED / "models" / file, calib, held
+
+
+def model_section(name: str, photos: list[Path], args: argparse.Namespace, work: Path) -> list[str]:
+    model, calib, held = halves(name, photos, work)
+    inputs = InputSpec.of_model(onnx.load(model, load_external_data=False))
     held_data = open_data(str(held), inputs)
     float_seconds = float_pass(model, calib, inputs)
     lines = [f"## {name}", "",

@@ -115,7 +115,8 @@ class LayerFallback(Pass):
         search = _Search(graph, ctx, layers, target, self.options.ranking_samples)
         chosen, outcome = search.run(self.options)
         reasons = {layer: f"float for target {target}: step {step} of layer_fallback's search took "
-                          f"{target.metric} from {before:.4g} to {after:.4g}"
+                          f"{target.metric} from {before.metric:.4g} to {after.metric:.4g} and the SQNR from "
+                          f"{before.sqnr_db:.2f} to {after.sqnr_db:.2f} dB"
                    for layer, (step, before, after) in chosen.items()}
         revert(graph, ctx.plan, reasons)
         for layer, reason in reasons.items():
@@ -163,15 +164,15 @@ class _Search:
         self.steps: list[dict] = []
         self.baseline: Score | None = None
 
-    def run(self, options: LayerFallbackOptions) -> tuple[dict[Layer, tuple[int, float, float]], str]:
-        """The layers to return to float, each with its step and the metric before and after it; and why the
+    def run(self, options: LayerFallbackOptions) -> tuple[dict[Layer, tuple[int, Score, Score]], str]:
+        """The layers to return to float, each with its step and the score before and after it; and why the
         search stopped."""
         quantized = self._run(self.graph, self.all.feeds)
         current = self.baseline = self._scored(quantized, self.all)
         if self.target.met(current.metric, self.float_score):
             return {}, "the quantized model meets the target"
         self.ranking = self._hardest(quantized, self.ranking_samples)
-        chosen: dict[Layer, tuple[int, float, float]] = {}
+        chosen: dict[Layer, tuple[int, Score, Score]] = {}
         in_float: set[int] = set()
         for step, index in enumerate(self._ranked(options.sensitivity), start=1):
             if len(chosen) == options.max_layers:
@@ -181,7 +182,7 @@ class _Search:
             kept = trial.key(self.target) > current.key(self.target)
             self.steps.append({"step": step, "layer": layer.name, "op": layer.op, **trial.plain(), "kept": kept})
             if kept:
-                chosen[layer] = (step, current.metric, trial.metric)
+                chosen[layer] = (step, current, trial)
                 in_float.add(index)
                 current = trial
                 if self.target.met(current.metric, self.float_score):
